@@ -7,6 +7,8 @@ from .methods.augmentation import (apply_cutout, cutout_mask, ddgsd_kl, ddgsd_lo
 from .methods.byot import byot_classifier_loss, byot_hint, byot_loss
 from .methods.ce import cross_entropy, label_smoothing_loss, soft_cross_entropy
 from .methods.cskd import cskd_e_loss, cskd_kl, cskd_loss
+from .methods.dropmax import (dropmax_aux, dropmax_ce, dropmax_kl, dropmax_logits, dropmax_loss,
+                               dropmax_neg_entropy, dropmax_posterior_logits, sample_retain_mask)
 from .methods.focusnet import focus_picking_loss, multi_warm_labels, reweighted_log_probs
 from .methods.frskd import attention_transfer_loss, frskd_loss
 from .methods.heads import (adacos_dynamic_scale, adacos_initial_scale, cosine_logits, virtual_softmax_logits,

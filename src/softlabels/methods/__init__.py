@@ -3,15 +3,16 @@
 Seed methods: ols, cskd, cskd_e, focusnet, label_refinery, glr, cd, glr_cd, orthogonal.
 Baselines: ce, ls, kd, maxent, focal, sce, bootstrap_soft, bootstrap_hard, disturb_label,
 pairwise_confusion, adacos, virtual_softmax, mixup, mixup_cskd, cutout, ddgsd, tfkd_self,
-tfkd_reg, byot, frskd, sla_sd.
+tfkd_reg, byot, frskd, sla_sd, dropmax.
 """
 from .base import Method, Objective, Requires, build_objective, build_run_model
-from . import (augmentation, byot, ce, cskd, focusnet, frskd, heads, jgl, kd, ols, orthogonal,  # noqa: F401
-               regularizers, sla, tfkd)  # (registration)
+from . import (augmentation, byot, ce, cskd, dropmax, focusnet, frskd, heads, jgl, kd, ols,  # noqa: F401
+               orthogonal, regularizers, sla, tfkd)  # (registration)
 from .augmentation import DDGSD, Cutout, Mixup, MixupCSKD
 from .byot import BeYourOwnTeacher
 from .ce import CrossEntropy, LabelSmoothing
 from .cskd import ClassWiseSelfKD, ClassWiseSelfKDE
+from .dropmax import DropMax
 from .focusnet import FocusNet
 from .frskd import FRSKD
 from .heads import AdaCos, VirtualSoftmax
@@ -30,4 +31,4 @@ __all__ = ["Method", "Objective", "Requires", "build_objective", "build_run_mode
            "JointGuidedLearning", "KnowledgeDistillation", "ConfidencePenalty", "FocalLoss",
            "SymmetricCrossEntropy", "SoftBootstrap", "HardBootstrap", "DisturbLabel", "PairwiseConfusion",
            "AdaCos", "VirtualSoftmax", "Mixup", "MixupCSKD", "Cutout", "DDGSD", "TeacherFreeSelfKD",
-           "TeacherFreeRegularization", "BeYourOwnTeacher", "FRSKD", "SLASelfDistillation"]
+           "TeacherFreeRegularization", "BeYourOwnTeacher", "FRSKD", "SLASelfDistillation", "DropMax"]
