@@ -53,6 +53,7 @@ from ..errors import ConfigError
 from ..registry import METHODS
 from .base import Method, option_number
 from .ce import upcast
+from .heads import _keep, linear_head
 
 DROPMAX_REFERENCE = ("Lee, Lee, Kim, Yang, Hwang, DropMax: Adaptive Variational Softmax, NeurIPS 2018 "
                      "(arXiv 1712.07834)")
@@ -207,12 +208,6 @@ class DropMaxHead(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, eps={self.eps:g}"
 
 
-def _keep(method: nn.Module, name: str, module: Optional[nn.Module]) -> None:
-    """A reference to a module of the model that is not registered as the method's submodule
-    (it would otherwise appear in the method's parameters and state_dict a second time)."""
-    object.__setattr__(method, name, module)
-
-
 @METHODS.register("dropmax", "softmax with adaptive, variationally learned dropout of non-target classes",
                   reference=DROPMAX_REFERENCE)
 class DropMax(Method):
@@ -244,27 +239,24 @@ class DropMax(Method):
             raise ConfigError(f"method.options.posterior: expected one of "
                               f"{', '.join(repr(p) for p in POSTERIORS)}, got {posterior!r}")
         self.posterior = posterior
-        _keep(self, "_head", None)
-        _keep(self, "_pre_head", None)
+        _keep(self, None, "_head")
+        _keep(self, None, "_pre_head")
 
     def adapt_model(self, model) -> None:
-        old = model.head
-        weight = getattr(old, "weight", None)
-        if not isinstance(old, nn.Linear) or weight.dim() != 2:
-            raise ConfigError(f"method.name: dropmax replaces a linear model.head, but the model's "
-                              f"head is {type(old).__name__}")
+        old = linear_head(model, "dropmax")
+        weight = old.weight
         k, d = weight.shape
         model.head = DropMaxHead(d, k, self.eps, weight.detach(),
                                  None if old.bias is None else old.bias.detach())
-        _keep(self, "_head", model.head)
+        _keep(self, model.head, "_head")
 
     def setup(self, model, teachers=()) -> None:
         if not isinstance(model.head, DropMaxHead):
             raise ConfigError(f"method.name: dropmax needs its DropMax head, but model.head is "
                               f"{type(model.head).__name__} (replaced by another method?)")
-        _keep(self, "_head", model.head)
+        _keep(self, model.head, "_head")
         pre = getattr(model, "dropout", None)
-        _keep(self, "_pre_head", pre if isinstance(pre, nn.Module) else None)
+        _keep(self, pre if isinstance(pre, nn.Module) else None, "_pre_head")
 
     def loss(self, out, batch, teachers=()) -> Dict[str, torch.Tensor]:
         head = self._head

@@ -108,10 +108,21 @@ class CosineHead(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, s={float(self.s):.4g}"
 
 
-def _keep(method: nn.Module, head: nn.Module) -> None:
-    """Keep a reference to the model's head without registering it as a submodule (it would
-    otherwise appear in the method's parameters and state_dict a second time)."""
-    object.__setattr__(method, "_head", head)
+def _keep(method: nn.Module, head: Optional[nn.Module], name: str = "_head") -> None:
+    """Keep a reference to a module of the model (by default its head) without registering it as
+    the method's submodule (it would otherwise appear in the method's parameters and state_dict
+    a second time)."""
+    object.__setattr__(method, name, head)
+
+
+def linear_head(model, method: str) -> nn.Linear:
+    """``model.head`` when it is a plain K×D linear layer (the start of a replacement head);
+    otherwise a one-line ConfigError naming the ``method`` that needs it."""
+    old = model.head
+    if not isinstance(old, nn.Linear) or old.weight.dim() != 2:
+        raise ConfigError(f"method.name: {method} replaces a linear model.head, but the model's "
+                          f"head is {type(old).__name__}")
+    return old
 
 
 @METHODS.register("adacos", "cosine-logit head s*cos(theta) with the adaptive scale of AdaCos",
@@ -135,11 +146,7 @@ class AdaCos(Method):
         _keep(self, None)
 
     def adapt_model(self, model) -> None:
-        old = model.head
-        weight = getattr(old, "weight", None)
-        if not isinstance(weight, torch.Tensor) or weight.dim() != 2:
-            raise ConfigError(f"method.name: adacos replaces a linear model.head, but the model's "
-                              f"head is {type(old).__name__}")
+        weight = linear_head(model, "adacos").weight
         k, d = weight.shape
         # the old head's weight as the start (only its direction matters); its bias is dropped
         model.head = CosineHead(d, k, self.initial_scale, weight)
