@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from helpers import expect_config_error, expect_data_error
 from softlabels.data import (
     FileLoader,
     FileSplit,
@@ -22,17 +23,6 @@ from softlabels.data import digits as digits_mod
 from softlabels.data.idx import FASHION_CLASSES, FASHION_MNIST_DEBIAN_ROOT
 from softlabels.errors import ConfigError, DataError
 from softlabels.registry import DATASETS
-
-
-def expect_data_error(fn, *needles):
-    """Call ``fn``; it must raise a one-line DataError mentioning every needle."""
-    with pytest.raises(DataError) as info:
-        fn()
-    msg = str(info.value)
-    assert "\n" not in msg, msg
-    for needle in needles:
-        assert str(needle) in msg, (needle, msg)
-    return msg
 
 
 def test_registered_names():

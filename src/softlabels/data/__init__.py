@@ -1,7 +1,9 @@
 """Datasets: readers for the official file layouts, registered by name in ``DATASETS``.
 
 Importing this package registers ``digits`` (bundled), ``mnist``, ``fashion-mnist``,
-``cifar10``, ``cifar100``, ``imagefolder`` and ``synthetic`` (random images for benchmarks). ``load_dataset`` builds one from a name, a data
+``cifar10``, ``cifar100``, ``tinyimagenet`` (in memory), the file-by-file ``cub200``, ``dogs``
+(Stanford Dogs), ``mit67`` (MIT Indoor-67), ``imagenet`` (ILSVRC-2012) and ``imagefolder``, and
+``synthetic`` (random images for benchmarks). ``load_dataset`` builds one from a name, a data
 root and the user's options (checked against the reader's signature).
 """
 from __future__ import annotations
@@ -9,7 +11,16 @@ from __future__ import annotations
 from typing import Optional, Union
 
 from ..registry import DATASETS
-from . import cifar, digits, idx, imagefolder, synthetic  # noqa: F401  (registration)
+from . import (  # noqa: F401  (registration)
+    cifar,
+    digits,
+    fgvc,
+    idx,
+    imagefolder,
+    imagenet,
+    synthetic,
+    tinyimagenet,
+)
 from .base import Batch, ImageTensors, TensorSplit
 from .files import FileLoader, FileSplit, ImageFiles
 from .noise import symmetric_label_noise

@@ -119,16 +119,16 @@ def build_loaders(data: PreparedData, cfg: DataConfig, *, device, seed: int, ran
                                 channels_last=channels_last, views=views if train else 1,
                                 clean=clean and train)
     else:
-        if sampler is not None or views > 1 or clean:
-            raise ConfigError(f"{cfg.name}: this method needs class pairs or extra views, which only "
-                              f"in-memory datasets supply so far")
         from .files import FileLoader
 
         def make(split, train):
             return FileLoader(split, cfg.batch_size if train else cfg.eval_batch_size, train=train,
                               image_size=ds.image_size, resize=ds.resize, mean=ds.mean, std=ds.std,
                               device=device, seed=seed, rank=rank, world=world,
-                              workers=cfg.workers, channels_last=channels_last)
+                              workers=cfg.workers, channels_last=channels_last,
+                              sampler=sampler if train else None, views=views if train else 1,
+                              clean=clean and train, augment=cfg.augment,
+                              hflip=True if cfg.hflip is None else cfg.hflip)
 
     train = make(data.train, True)
     val = make(data.val, False) if data.val is not None else None
