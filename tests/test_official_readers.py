@@ -71,11 +71,23 @@ def test_common_root_errors(tmp_path, name):
                         "data.options.image_size")
 
 
-@pytest.mark.parametrize("name", ["cub200", "dogs", "mit67", "imagenet"])
-def test_size_options(tmp_path, name):
+@pytest.mark.parametrize("name", ["cub200", "dogs", "mit67", "imagenet", "imagefolder"])
+def test_size_and_normalisation_options(tmp_path, name):
     expect_config_error(lambda: load_dataset(name, str(tmp_path), {"image_size": 64,
                                                                    "resize": 32}),
                         "data.options.resize")
+    expect_config_error(lambda: load_dataset(name, str(tmp_path), {"std": [0.5, 0.0, 0.5]}),
+                        "data.options.std")
+    expect_config_error(lambda: load_dataset(name, str(tmp_path), {"mean": [0.5, 0.5]}),
+                        "data.options.mean")
+
+
+def test_normalisation_options_reach_the_dataset(tmp_path):
+    """The orthogonal paper's official code normalises with 0.5/0.5 instead of ImageNet's values."""
+    make_cub(tmp_path)
+    ds = load_dataset("cub200", str(tmp_path), {**SUBSET, "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]})
+    assert ds.mean == (0.5, 0.5, 0.5) and ds.std == (0.5, 0.5, 0.5)
+    assert load_dataset("cub200", str(tmp_path), SUBSET).mean == (0.485, 0.456, 0.406)
 
 
 # --------------------------------------------------------------------------------------------

@@ -41,21 +41,10 @@ import torch
 
 from ..errors import ConfigError, DataError
 from ..registry import DATASETS
-from .files import IMAGENET_MEAN, IMAGENET_STD, FileSplit, ImageFiles, error_text
+from .files import IMAGENET_MEAN, IMAGENET_STD, FileSplit, ImageFiles, check_file_options, error_text
 
 # --------------------------------------------------------------------------------------------
 # Shared helpers
-
-
-def check_size_options(image_size: int, resize: int) -> None:
-    """ConfigError naming the option unless 1 <= image_size <= resize."""
-    if image_size < 1:
-        raise ConfigError(f"data.options.image_size: must be >= 1, got {image_size}")
-    if resize < image_size:
-        raise ConfigError(
-            f"data.options.resize: must be >= data.options.image_size ({image_size}), "
-            f"got {resize}"
-        )
 
 
 def need_root(root: Optional[str], what: str, layout: str) -> Path:
@@ -180,13 +169,13 @@ def first_synonyms(wnids: Sequence[str], words: Dict[str, str]) -> List[str]:
 
 
 def file_dataset(train_paths, train_labels, test_paths, test_labels, classes, image_size,
-                 resize) -> ImageFiles:
+                 resize, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> ImageFiles:
     return ImageFiles(
         train=FileSplit(list(train_paths), torch.tensor(list(train_labels), dtype=torch.long)),
         test=FileSplit(list(test_paths), torch.tensor(list(test_labels), dtype=torch.long)),
         classes=list(classes),
-        mean=IMAGENET_MEAN,
-        std=IMAGENET_STD,
+        mean=tuple(float(m) for m in mean),
+        std=tuple(float(v) for v in std),
         val=None,
         image_size=image_size,
         resize=resize,
@@ -230,11 +219,13 @@ def cub200(
     image_size: int = 224,
     resize: int = 256,
     expect_official: bool = True,
+    mean: Tuple[float, float, float] = IMAGENET_MEAN,
+    std: Tuple[float, float, float] = IMAGENET_STD,
 ) -> ImageFiles:
     """CUB-200-2011 with its official train/test split; ``image_size=448, resize=512`` for the
     fine-grained papers' 448×448 inputs."""
     what = "cub200"
-    check_size_options(image_size, resize)
+    check_file_options(image_size, resize, mean, std)
     base = need_root(root, what, CUB_LAYOUT)
     folder = base / "CUB_200_2011" if (base / "CUB_200_2011").is_dir() else base
     missing = [n for n in CUB_FILES if not (folder / n).is_file()]
@@ -300,7 +291,7 @@ def cub200(
     )
     check_listed_exist(what, train_paths + test_paths, str(images_path))
     return file_dataset(train_paths, train_labels, test_paths, test_labels, classes,
-                        image_size, resize)
+                        image_size, resize, mean, std)
 
 
 # --------------------------------------------------------------------------------------------
@@ -349,11 +340,13 @@ def dogs(
     image_size: int = 224,
     resize: int = 256,
     expect_official: bool = True,
+    mean: Tuple[float, float, float] = IMAGENET_MEAN,
+    std: Tuple[float, float, float] = IMAGENET_STD,
 ) -> ImageFiles:
     """Stanford Dogs with its official split (lists.tar, read with scipy); ``image_size=448,
     resize=512`` for the fine-grained papers' 448×448 inputs."""
     what = "dogs"
-    check_size_options(image_size, resize)
+    check_file_options(image_size, resize, mean, std)
     base = need_root(root, what, DOGS_LAYOUT)
     images = next((base / n for n in ("Images", "images") if (base / n).is_dir()), None)
     if images is None:
@@ -395,7 +388,7 @@ def dogs(
     test_paths = [str(images / f) for f in test_files]
     check_listed_exist(what, train_paths + test_paths, f"{lists}/{{train,test}}_list.mat")
     return file_dataset(train_paths, train_labels, test_paths, [y - 1 for y in test_y],
-                        classes, image_size, resize)
+                        classes, image_size, resize, mean, std)
 
 
 # --------------------------------------------------------------------------------------------
@@ -429,10 +422,12 @@ def mit67(
     image_size: int = 224,
     resize: int = 256,
     expect_official: bool = True,
+    mean: Tuple[float, float, float] = IMAGENET_MEAN,
+    std: Tuple[float, float, float] = IMAGENET_STD,
 ) -> ImageFiles:
     """MIT Indoor-67 with the official 80/20-per-class split of TrainImages/TestImages.txt."""
     what = "mit67"
-    check_size_options(image_size, resize)
+    check_file_options(image_size, resize, mean, std)
     base = need_root(root, what, MIT67_LAYOUT)
     images = next((d for d in (base / "Images", base / "indoorCVPR_09" / "Images")
                    if d.is_dir()), None)
@@ -459,4 +454,4 @@ def mit67(
     test_paths = [str(images / line) for _, _, line in test]
     check_listed_exist(what, train_paths + test_paths, f"{lists}/{{Train,Test}}Images.txt")
     return file_dataset(train_paths, [index[c] for _, c, _ in train], test_paths,
-                        [index[c] for _, c, _ in test], classes, image_size, resize)
+                        [index[c] for _, c, _ in test], classes, image_size, resize, mean, std)

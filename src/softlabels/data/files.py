@@ -35,6 +35,21 @@ IMAGENET_STD: Tuple[float, float, float] = (0.229, 0.224, 0.225)
 IndexLike = Union[torch.Tensor, Sequence[int]]
 
 
+def check_file_options(image_size: int, resize: int, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> None:
+    """The options every file-based reader shares: 1 <= image_size <= resize, and mean/std of 3
+    numbers each (RGB, 0..1 scale) with std > 0; otherwise a ConfigError naming the option."""
+    if image_size < 1:
+        raise ConfigError(f"data.options.image_size: must be >= 1, got {image_size}")
+    if resize < image_size:
+        raise ConfigError(f"data.options.resize: must be >= data.options.image_size ({image_size}), "
+                          f"got {resize}")
+    for key, values in (("mean", mean), ("std", std)):
+        numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+        if len(values) != 3 or not numbers or (key == "std" and any(v <= 0 for v in values)):
+            raise ConfigError(f"data.options.{key}: expected 3 numbers (RGB){' > 0' if key == 'std' else ''}, "
+                              f"got {list(values)!r}")
+
+
 def error_text(exc: BaseException) -> str:
     """``Type: message`` of an exception, squeezed onto one line (for DataError messages)."""
     msg = " ".join(str(exc).split())

@@ -16,7 +16,7 @@ import torch
 
 from ..errors import ConfigError, DataError
 from ..registry import DATASETS
-from .files import IMAGENET_MEAN, IMAGENET_STD, FileSplit, ImageFiles
+from .files import IMAGENET_MEAN, IMAGENET_STD, FileSplit, ImageFiles, check_file_options
 
 IMAGE_EXTENSIONS = (
     ".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".pbm",
@@ -91,16 +91,7 @@ def imagefolder(
     std: Tuple[float, float, float] = IMAGENET_STD,
 ) -> ImageFiles:
     """Read a class-folder tree. ``mean``/``std`` default to ImageNet's (RGB, 0..1 scale)."""
-    if image_size < 1 or resize < image_size:
-        raise ConfigError(
-            f"data.options: need 1 <= image_size <= resize, got image_size={image_size}, "
-            f"resize={resize}"
-        )
-    numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (*mean, *std))
-    if len(mean) != 3 or len(std) != 3 or not numbers or any(s <= 0 for s in std):
-        raise ConfigError(
-            f"data.options: mean and std need 3 values (RGB) and std > 0, got {mean!r}, {std!r}"
-        )
+    check_file_options(image_size, resize, mean, std)
     if root is None:
         raise DataError(f"imagefolder: no data root given; expected {LAYOUT}")
     base = Path(root).expanduser()

@@ -36,7 +36,6 @@ from ..registry import DATASETS
 from .fgvc import (
     bad_line,
     check_official,
-    check_size_options,
     file_dataset,
     first_synonyms,
     load_mat,
@@ -45,7 +44,7 @@ from .fgvc import (
     parse_int,
     read_lines,
 )
-from .files import ImageFiles, error_text
+from .files import IMAGENET_MEAN, IMAGENET_STD, ImageFiles, check_file_options, error_text
 from .imagefolder import IMAGE_EXTENSIONS
 
 LAYOUT = (
@@ -166,10 +165,12 @@ def imagenet(
     image_size: int = 224,
     resize: int = 256,
     expect_official: bool = True,
+    mean: Tuple[float, float, float] = IMAGENET_MEAN,
+    std: Tuple[float, float, float] = IMAGENET_STD,
 ) -> ImageFiles:
     """ILSVRC-2012: train/<wnid>/ for training, the validation images as the test split."""
     what = "imagenet"
-    check_size_options(image_size, resize)
+    check_file_options(image_size, resize, mean, std)
     base = need_root(root, what, LAYOUT)
     images = base
     if not (base / "train").is_dir() and (base / KAGGLE_IMAGES / "train").is_dir():
@@ -272,4 +273,4 @@ def imagenet(
             words = _read_synset_mapping(mapping, what)
     classes = first_synonyms(wnids, words)
     return file_dataset(train_paths, train_labels, test_paths, test_labels, classes,
-                        image_size, resize)
+                        image_size, resize, mean, std)
