@@ -17,6 +17,7 @@ from .methods.jgl import (channel_distillation_loss, glr_loss, guided_kd_loss, l
                           official_cd_weights)
 from .methods.kd import kd_kl, kd_loss
 from .methods.ols import ols_accumulate, ols_loss, ols_soft_labels
+from .methods.one import one_ensemble_logits, one_kl, one_loss
 from .methods.orthogonal import attention_map, dynamic_or_weight, orthogonal_loss, standardize_map
 from .methods.regularizers import (bootstrap_hard_loss, bootstrap_hard_targets, bootstrap_soft_loss,
                                    bootstrap_soft_targets, confidence_penalty, disturb_labels, entropy,

@@ -3,11 +3,11 @@
 Seed methods: ols, cskd, cskd_e, focusnet, label_refinery, glr, cd, glr_cd, orthogonal.
 Baselines: ce, ls, kd, maxent, focal, sce, bootstrap_soft, bootstrap_hard, disturb_label,
 pairwise_confusion, adacos, virtual_softmax, mixup, mixup_cskd, cutout, ddgsd, tfkd_self,
-tfkd_reg, byot, frskd, sla_sd, dropmax.
+tfkd_reg, byot, frskd, sla_sd, dropmax, one.
 """
 from .base import Method, Objective, Requires, build_objective, build_run_model
 from . import (augmentation, byot, ce, cskd, dropmax, focusnet, frskd, heads, jgl, kd, ols,  # noqa: F401
-               orthogonal, regularizers, sla, tfkd)  # (registration)
+               one, orthogonal, regularizers, sla, tfkd)  # (registration)
 from .augmentation import DDGSD, Cutout, Mixup, MixupCSKD
 from .byot import BeYourOwnTeacher
 from .ce import CrossEntropy, LabelSmoothing
@@ -19,6 +19,7 @@ from .heads import AdaCos, VirtualSoftmax
 from .jgl import ChannelDistillation, GuidedLabelRefinery, JointGuidedLearning, LabelRefinery
 from .kd import KnowledgeDistillation
 from .ols import OnlineLabelSmoothing
+from .one import OnTheFlyNativeEnsemble
 from .orthogonal import OrthogonalTransfer
 from .regularizers import (ConfidencePenalty, DisturbLabel, FocalLoss, HardBootstrap, PairwiseConfusion,
                            SoftBootstrap, SymmetricCrossEntropy)
@@ -31,4 +32,5 @@ __all__ = ["Method", "Objective", "Requires", "build_objective", "build_run_mode
            "JointGuidedLearning", "KnowledgeDistillation", "ConfidencePenalty", "FocalLoss",
            "SymmetricCrossEntropy", "SoftBootstrap", "HardBootstrap", "DisturbLabel", "PairwiseConfusion",
            "AdaCos", "VirtualSoftmax", "Mixup", "MixupCSKD", "Cutout", "DDGSD", "TeacherFreeSelfKD",
-           "TeacherFreeRegularization", "BeYourOwnTeacher", "FRSKD", "SLASelfDistillation", "DropMax"]
+           "TeacherFreeRegularization", "BeYourOwnTeacher", "FRSKD", "SLASelfDistillation", "DropMax",
+           "OnTheFlyNativeEnsemble"]

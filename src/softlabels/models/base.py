@@ -38,6 +38,25 @@ class Classifier(nn.Module):
     ``stage_channels`` (channels of each stage map, shallow → deep) and ``embedding_dim``.
     The classifier is always ``self.head``: an ``nn.Linear(embedding_dim, num_classes)`` that
     methods with their own heads (AdaCos, virtual softmax) may replace.
+
+    Extension point: a method may install a submodule named ``extension`` in its
+    ``adapt_model`` (e.g. ONE's extra branches and gate). ``forward`` then delegates to it,
+    calling ``extension(model, x, return_features)``, which must return the ModelOutput. Being
+    a submodule, its parameters are part of the model (state_dict, optimiser, checkpoints,
+    ``softlabels eval``). Without one, the forward is unchanged.
+
+    Split-last-stage protocol (optional, duck-typed; the ResNet families implement it) for
+    methods that duplicate the last stage:
+      ``branch_modules``: names of the submodules applied after the trunk: the last stage, any
+          module between pooling and the head, and ``"head"``;
+      ``forward_trunk(x)``: the stage maps of every stage but the last (shallow → deep); the
+          deepest is the last stage's input;
+      ``forward_last(h, modules=None)``: ``(last stage map, embedding)`` from that input, with
+          the model's own modules or same-named replacements in the mapping ``modules``;
+      ``initialise(module)``: re-initialise a module (e.g. a copy of ``layer4``) the way the
+          family initialises its layers at construction.
+    ``forward_last(forward_trunk(x)[-1])`` equals ``forward_features(x)``'s last map and
+    embedding.
     """
 
     stage_channels: Sequence[int] = ()
@@ -46,9 +65,19 @@ class Classifier(nn.Module):
     head_modules: Sequence[str] = ("head",)
 
     def forward_features(self, x: torch.Tensor):
-        raise NotImplementedError  # abstract: every subclass defines it
+        """(stage maps shallow → deep, embedding). Families that implement the split-last-stage
+        protocol get it from ``forward_trunk`` and ``forward_last``; others override it."""
+        trunk = getattr(self, "forward_trunk", None)
+        if trunk is None:
+            raise NotImplementedError(f"{type(self).__name__} defines neither forward_features nor forward_trunk")
+        stages = list(trunk(x))
+        last, embedding = self.forward_last(stages[-1])
+        return stages + [last], embedding
 
     def forward(self, x: torch.Tensor, return_features: bool = False) -> ModelOutput:
+        extension = self._modules.get("extension")
+        if extension is not None:
+            return extension(self, x, return_features)
         stages, embedding = self.forward_features(x)
         logits = self.head(embedding)
         return ModelOutput(logits, embedding, list(stages) if return_features else None)

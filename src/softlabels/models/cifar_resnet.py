@@ -99,13 +99,36 @@ class CifarResNet(Classifier):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
 
-    def forward_features(self, x: torch.Tensor):
+    # split-last-stage protocol (see Classifier): trunk = stem + layer1 + layer2
+    branch_modules = ("layer3", "head")
+
+    def forward_trunk(self, x: torch.Tensor):
+        """Stage maps of ``layer1`` and ``layer2`` (the last stage's input is the second)."""
         x = F.relu(self.bn1(self.conv1(x)))
         s1 = self.layer1(x)
-        s2 = self.layer2(s1)
-        s3 = self.layer3(s2)
-        embedding = torch.flatten(F.adaptive_avg_pool2d(s3, 1), 1)
-        return [s1, s2, s3], embedding
+        return [s1, self.layer2(s1)]
+
+    def forward_last(self, h: torch.Tensor, modules=None):
+        """(``layer3`` map, global-average-pooled embedding) from the ``layer2`` map, with this
+        model's ``layer3`` or ``modules["layer3"]``."""
+        layer3 = self.layer3 if modules is None else modules["layer3"]
+        s3 = layer3(h)
+        return s3, torch.flatten(F.adaptive_avg_pool2d(s3, 1), 1)
+
+    @staticmethod
+    def initialise(module: nn.Module) -> nn.Module:
+        """This family's initialisation: convolutions Kaiming-normal (fan_out, ReLU), BatchNorm
+        1/0, linear layers PyTorch's default; running statistics reset."""
+        for m in module.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, nn.BatchNorm2d):
+                m.reset_running_stats()
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.Linear):
+                m.reset_parameters()
+        return module
 
 
 @MODELS.register("resnet8", "CIFAR ResNet-8 (He et al. 2016), 3 stages 16/32/64, 1 block each")

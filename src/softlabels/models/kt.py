@@ -66,14 +66,17 @@ class KTResNet50(TorchvisionResNet):
         self.embedding_dim = hidden
         self.head = nn.Linear(hidden, num_classes)
 
-    def forward_features(self, x: torch.Tensor):
-        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
-        s1 = self.layer1(x)
-        s2 = self.layer2(s1)
-        s3 = self.layer3(s2)
-        s4 = self.layer4(s3)
-        pooled = torch.flatten(F.adaptive_max_pool2d(s4, 1), 1)
-        return [s1, s2, s3, s4], self.neck(pooled)
+    # split-last-stage protocol (see Classifier): the neck belongs to the classifier on top of
+    # layer4, so a duplicated last stage gets its own neck too
+    branch_modules = ("layer4", "neck", "head")
+
+    def forward_last(self, h: torch.Tensor, modules=None):
+        """(``layer4`` map, embedding = neck(global max pool)) from the ``layer3`` map, with this
+        model's ``layer4`` and ``neck`` or ``modules["layer4"]``, ``modules["neck"]``."""
+        layer4 = self.layer4 if modules is None else modules["layer4"]
+        neck = self.neck if modules is None else modules["neck"]
+        s4 = layer4(h)
+        return s4, neck(torch.flatten(F.adaptive_max_pool2d(s4, 1), 1))
 
     def load_trunk_weights(self, path, name: str = "kt_resnet50 trunk") -> "KTResNet50":
         """Load a torchvision ResNet-50 state dict (e.g. ImageNet) into the trunk only."""

@@ -65,14 +65,32 @@ class CSKDPreActResNet18(Classifier):
         self.embedding_dim = widths[-1]
         self.head = nn.Linear(self.embedding_dim, num_classes)
 
-    def forward_features(self, x: torch.Tensor):
+    # split-last-stage protocol (see Classifier): trunk = stem + layer1 … layer3
+    branch_modules = ("layer4", "head")
+
+    def forward_trunk(self, x: torch.Tensor):
+        """Stage maps of ``layer1`` … ``layer3`` (the last stage's input is the third)."""
         x = F.relu(self.bn1(self.conv1(x)))
         s1 = self.layer1(x)
         s2 = self.layer2(s1)
-        s3 = self.layer3(s2)
-        s4 = self.layer4(s3)  # no final BN+ReLU (reference quirk)
-        embedding = torch.flatten(F.adaptive_avg_pool2d(s4, 1), 1)
-        return [s1, s2, s3, s4], embedding
+        return [s1, s2, self.layer3(s2)]
+
+    def forward_last(self, h: torch.Tensor, modules=None):
+        """(``layer4`` map, global-average-pooled embedding) from the ``layer3`` map, with this
+        model's ``layer4`` or ``modules["layer4"]``. No final BN + ReLU before the pooling: a
+        quirk of the reference code, kept."""
+        layer4 = self.layer4 if modules is None else modules["layer4"]
+        s4 = layer4(h)
+        return s4, torch.flatten(F.adaptive_avg_pool2d(s4, 1), 1)
+
+    @staticmethod
+    def initialise(module: nn.Module) -> nn.Module:
+        """This model's initialisation, PyTorch's defaults (as the reference code): every layer's
+        ``reset_parameters`` (BatchNorm running statistics included)."""
+        for m in module.modules():
+            if hasattr(m, "reset_parameters"):
+                m.reset_parameters()
+        return module
 
 
 @MODELS.register(

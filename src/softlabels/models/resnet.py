@@ -52,14 +52,39 @@ class TorchvisionResNet(Classifier):
         self.embedding_dim = net.fc.in_features
         self.head = net.fc  # nn.Linear(embedding_dim, num_classes), torchvision's init
 
-    def forward_features(self, x: torch.Tensor):
+    # split-last-stage protocol (see Classifier): trunk = stem + layer1 … layer3
+    branch_modules = ("layer4", "head")
+
+    def forward_trunk(self, x: torch.Tensor):
+        """Stage maps of ``layer1`` … ``layer3`` (the last stage's input is the third)."""
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
         s1 = self.layer1(x)
         s2 = self.layer2(s1)
-        s3 = self.layer3(s2)
-        s4 = self.layer4(s3)
-        embedding = torch.flatten(nn.functional.adaptive_avg_pool2d(s4, 1), 1)
-        return [s1, s2, s3, s4], embedding
+        return [s1, s2, self.layer3(s2)]
+
+    def forward_last(self, h: torch.Tensor, modules=None):
+        """(``layer4`` map, global-average-pooled embedding) from the ``layer3`` map, with this
+        model's ``layer4`` or ``modules["layer4"]``."""
+        layer4 = self.layer4 if modules is None else modules["layer4"]
+        s4 = layer4(h)
+        return s4, torch.flatten(nn.functional.adaptive_avg_pool2d(s4, 1), 1)
+
+    @staticmethod
+    def initialise(module: nn.Module) -> nn.Module:
+        """torchvision's ResNet initialisation: convolutions Kaiming-normal (fan_out, ReLU),
+        BatchNorm/GroupNorm 1/0; other layers (linear, BatchNorm1d) PyTorch's default; running
+        statistics reset."""
+        for m in module.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)):
+                if isinstance(m, nn.BatchNorm2d):
+                    m.reset_running_stats()
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+            elif hasattr(m, "reset_parameters"):
+                m.reset_parameters()
+        return module
 
 
 def _block_out_channels(block: nn.Module) -> int:
