@@ -304,6 +304,17 @@ def test_unsupported_model_one_line_error():
         OnTheFlyNativeEnsemble(10).setup(build_model("resnet8", 10, 1))
 
 
+@pytest.mark.parametrize("other", ["cskd", "sla_sd", "mixup"])
+def test_methods_with_their_own_forward_are_refused_before_training(other):
+    from softlabels.config import MethodConfig
+    from softlabels.methods.base import build_objective
+
+    with pytest.raises(ConfigError, match=rf"^method\.name: one reads .* {other} replaces") as e:
+        build_objective(MethodConfig(name=f"one+{other}"), 10)
+    assert "\n" not in str(e.value)
+    build_objective(MethodConfig(name="one+ols"), 10)  # methods on the model's logits combine
+
+
 # ---------------------------------------------------------------------------- end to end
 def test_digits_one_trains_checkpoints_and_rebuilds(tmp_path):
     from softlabels.evaluate.run import load_run_model

@@ -59,9 +59,13 @@ class Requires:
 
 
 class Method(nn.Module):
-    """Base class of every objective. Subclasses set ``requires`` and implement ``loss``."""
+    """Base class of every objective. Subclasses set ``requires`` and implement ``loss``.
+
+    ``needs_model_forward``: the loss reads what the model's own forward adds (ONE's branch
+    outputs), so the method cannot be summed with one that replaces the forward (CS-KD)."""
 
     requires = Requires()
+    needs_model_forward = False
 
     def __init__(self, num_classes: int):
         super().__init__()
@@ -123,6 +127,10 @@ class Objective(nn.Module):
             raise ConfigError(f"method.name: {' and '.join(custom)} both define their own forward pass "
                               f"and cannot be combined")
         self._forward_owner = methods[custom[0]] if custom else None
+        readers = [n for n, m in methods.items() if m.needs_model_forward]
+        if custom and readers:
+            raise ConfigError(f"method.name: {readers[0]} reads the outputs of the model's own forward pass, "
+                              f"which {custom[0]} replaces with its own; they cannot be combined")
 
     @property
     def name(self) -> str:

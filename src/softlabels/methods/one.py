@@ -231,6 +231,8 @@ class OnTheFlyNativeEnsemble(Method):
     preact_resnet18_cskd); others stop with a one-line ``model.name`` error.
     """
 
+    needs_model_forward = True
+
     def __init__(self, num_classes: int, branches: int = DEFAULT_BRANCHES,
                  temperature: float = DEFAULT_TEMPERATURE,
                  inference: Literal["branch", "ensemble"] = "branch",
