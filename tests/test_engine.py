@@ -136,3 +136,17 @@ def test_ddp_two_processes_match_single_process(tmp_path):
         for m, v in fa[block]["test"].items():
             assert fb[block]["test"][m] == pytest.approx(v, abs=1e-3), (block, m)
     assert json.loads((ddp / "environment.json").read_text())["world_size"] == 2
+
+
+def test_method_requires_is_independent_of_the_class_count():
+    """compare asks what each method needs before any data is read: options that are checked
+    against K (AdaCos's default scale needs K >= 3, focal's per-class weights need K entries)
+    must not make that fail."""
+    from softlabels.engine.runs import method_requires
+
+    assert method_requires(build_config(None, ["method.name=adacos"])).teachers == 0
+    alpha = "[" + ",".join(["1.0"] * 10) + "]"
+    cfg = build_config(None, ["data.name=digits", "method.name=focal", f"method.options.alpha={alpha}"])
+    assert method_requires(cfg).teachers == 0
+    assert method_requires(build_config(None, ["method.name=kd"])).teachers == 1
+    assert method_requires(build_config(None, ["method.name=cskd"])).pairs

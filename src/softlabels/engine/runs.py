@@ -30,7 +30,20 @@ def train_or_reuse(cfg: RunConfig, run_dir: Path, rt, teachers: Sequence = (), p
 
 
 def method_requires(cfg: RunConfig):
-    """The merged ``Requires`` of a config's method, without building a model or data."""
+    """The merged ``Requires`` of a config's method, without building a model.
+
+    What a method requires does not depend on the number of classes K, but a few options are
+    checked against it at construction (AdaCos's default scale needs K >= 3, per-class weight
+    lists need exactly K entries). The objective is first built for a nominal K = 1000; only
+    when that is refused is the dataset read for its true K (and an option that fits neither
+    gets its one-line error from the build with the true K)."""
+    from ..errors import ConfigError
     from ..methods.base import build_objective
 
-    return build_objective(cfg.method, 2).requires
+    try:
+        return build_objective(cfg.method, 1000).requires
+    except ConfigError:
+        from ..data import load_dataset
+
+        k = load_dataset(cfg.data.name, cfg.data.root, cfg.data.options).num_classes
+        return build_objective(cfg.method, k).requires
