@@ -3,6 +3,20 @@ import pytest
 import torch
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _private_cache(tmp_path_factory):
+    """Decoded-dataset caches go to a temporary folder, never the user's ~/.cache."""
+    import os
+
+    old = os.environ.get("SOFTLABELS_CACHE")
+    os.environ["SOFTLABELS_CACHE"] = str(tmp_path_factory.mktemp("cache"))
+    yield
+    if old is None:
+        os.environ.pop("SOFTLABELS_CACHE", None)
+    else:
+        os.environ["SOFTLABELS_CACHE"] = old
+
+
 @pytest.fixture(autouse=True)
 def _restore_threads():
     """Runs with ``train.threads`` change torch's process-wide thread count; undo it per test."""

@@ -108,5 +108,5 @@ def test_every_method_is_listed_with_its_paper_reference(capsys):
         assert f"[{entry.reference}]" in line
     for name in ("maxent", "focal", "sce", "bootstrap_soft", "bootstrap_hard", "disturb_label",
                  "pairwise_confusion", "adacos", "virtual_softmax", "mixup", "mixup_cskd", "cutout", "ddgsd",
-                 "kd", "tfkd_self", "tfkd_reg", "byot", "frskd", "sla_sd"):
+                 "kd", "tfkd_self", "tfkd_reg", "byot", "frskd", "sla_sd", "dropmax", "one"):
         assert name in METHODS

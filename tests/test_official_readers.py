@@ -633,6 +633,49 @@ def test_tinyimagenet_reads_official_layout(tmp_path):
                         "data.options.resize", "unknown option")
 
 
+def test_tinyimagenet_decoded_tensors_are_cached_and_invalidated(tmp_path, monkeypatch):
+    import os
+
+    from softlabels.data import tinyimagenet as tiny
+
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("SOFTLABELS_CACHE", str(cache))
+    folder = make_tiny(tmp_path / "data")
+    decoded = []
+    real_decode = tiny._decode
+    monkeypatch.setattr(tiny, "_decode", lambda paths, *a: decoded.append(len(paths)) or real_decode(paths, *a))
+
+    first = load_dataset("tinyimagenet", str(folder), SUBSET)
+    assert decoded == [6, 4] and len(list(cache.glob("tinyimagenet-64px-*.safetensors"))) == 1
+    again = load_dataset("tinyimagenet", str(folder), SUBSET)
+    assert decoded == [6, 4]  # served from the cache, identical
+    assert torch.equal(again.train.images, first.train.images) and torch.equal(again.test.images, first.test.images)
+    load_dataset("tinyimagenet", str(folder), {**SUBSET, "image_size": 32})
+    assert decoded == [6, 4, 6, 4] and len(list(cache.glob("*.safetensors"))) == 2  # one file per size
+
+    # a changed image (new content and time) is a new key: decoded again, and the new pixels show
+    changed = folder / "val" / "images" / "val_0.JPEG"
+    write_image(changed, (0, 0, 255), (64, 64))
+    os.utime(changed, ns=(1, 1))
+    fresh = load_dataset("tinyimagenet", str(folder), SUBSET)
+    assert decoded[-2:] == [6, 4]
+    assert int(fresh.test.images[0].float().mean(dim=(1, 2)).argmax()) == 2
+
+    # a torn cache file is ignored and rewritten
+    for f in cache.glob("tinyimagenet-64px-*.safetensors"):
+        f.write_bytes(b"not a safetensors file")
+    n = len(decoded)
+    assert torch.equal(load_dataset("tinyimagenet", str(folder), SUBSET).test.images, fresh.test.images)
+    assert len(decoded) == n + 2
+    load_dataset("tinyimagenet", str(folder), SUBSET)
+    assert len(decoded) == n + 2
+
+    # cache: false neither reads nor writes
+    monkeypatch.setenv("SOFTLABELS_CACHE", str(tmp_path / "off"))
+    load_dataset("tinyimagenet", str(folder), {**SUBSET, "cache": False})
+    assert not (tmp_path / "off").exists() and len(decoded) == n + 4
+
+
 def test_tinyimagenet_errors(tmp_path):
     def load(folder):
         return lambda: load_dataset("tinyimagenet", str(folder), SUBSET)
