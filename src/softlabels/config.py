@@ -97,6 +97,7 @@ class TrainConfig:
     eval_every: int = field(default=1, metadata=_range(1))
     checkpoint_every: int = field(default=1, metadata=_range(1))
     snapshot_epochs: List[int] = field(default_factory=list)
+    tensorboard: bool = True
 
 
 @dataclass

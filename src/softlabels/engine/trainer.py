@@ -246,6 +246,7 @@ class Trainer:
             dist.all_reduce(flat)
         flat = flat.cpu().tolist()
         seen, correct = flat[0], flat[1]
+        self._last_seen = seen
         sums = flat[2:2 + len(self._term_names)]
         stats = {name: s / max(seen, 1) for name, s in zip(self._term_names, sums)}
         stats["top1_error"] = 100.0 * (1 - correct / max(seen, 1))
@@ -281,6 +282,11 @@ class Trainer:
     def fit(self) -> dict:
         cfg = self.cfg
         t_start = time.time()
+        log = None
+        if self.run_dir is not None and self.rt.is_main:
+            from .runlog import RunLog
+
+            log = RunLog(self.run_dir, self.start_epoch, tensorboard=cfg.train.tensorboard)
         for epoch in range(self.start_epoch, cfg.train.epochs):
             t0 = time.time()
             lr = self.schedule.lr()
@@ -288,12 +294,17 @@ class Trainer:
             self.model.train()
             self._reset_accumulators()
             self.objective.on_epoch_start(epoch)
+            shown = time.monotonic()
             for batch in self.train_loader:
                 self.train_step(batch)
                 if self.progress is not None:
                     self.progress.update(1)
+                    if time.monotonic() - shown > 1.0:  # a host sync at most once a second
+                        shown = time.monotonic()
+                        self._show_progress(None, epoch, lr, t0)
             self.objective.on_epoch_end(epoch)
             train = self._train_stats()
+            self._images_this_epoch = self._last_seen
             if not math.isfinite(train["loss"]):
                 raise SoftlabelsError(
                     f"training diverged: the loss is {train['loss']} in epoch {epoch + 1}; "
@@ -308,9 +319,10 @@ class Trainer:
                 self._track_best(record)
             record["epoch_time_s"] = round(time.time() - t0, 3)
             self.history.append(record)
-            if self.run_dir is not None and self.rt.is_main:
-                with open(self.run_dir / "metrics.jsonl", "a") as f:
-                    f.write(json.dumps(record) + "\n")
+            if self.progress is not None:
+                self._show_progress(record, epoch, lr, t0, epoch_done=True)
+            if log is not None:
+                log.append(record)
                 if (epoch + 1) in cfg.train.snapshot_epochs:
                     ckpt.save_checkpoint(self.run_dir / "checkpoints" / f"epoch{epoch + 1}",
                                          self._model_tensors(), self._model_meta(epoch + 1))
@@ -318,10 +330,27 @@ class Trainer:
                     self.save_last(epoch + 1)
             for cb in self.callbacks:
                 cb(self, record)
+        if log is not None:
+            log.close()
         final = self._final(time.time() - t_start)
         if self.run_dir is not None and self.rt.is_main:
             ckpt.atomic_write_text(self.run_dir / "final.json", json.dumps(final, indent=1))
         return final
+
+    def _show_progress(self, record, epoch: int, lr: float, t0: float, epoch_done: bool = False) -> None:
+        from .runlog import progress_postfix
+
+        running, rate = None, None
+        if epoch_done:
+            running = record["train"]["loss"]
+            rate = record["train_time_s"] and self._images_this_epoch / record["train_time_s"]
+        elif self._term_sums is not None:
+            seen = float(self._seen)
+            running = float(self._term_sums[0]) / max(seen, 1.0)
+            rate = seen * self.rt.world / max(time.time() - t0, 1e-9)
+        shown = record if epoch_done else (self.history[-1] if self.history else None)
+        self.progress.set_postfix(progress_postfix(shown, running, rate, lr, epoch + 1, self.cfg.train.epochs),
+                                  refresh=False)
 
     def _track_best(self, record: dict) -> None:
         if "val" not in record:
