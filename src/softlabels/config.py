@@ -66,21 +66,27 @@ class MethodConfig:
 
 @dataclass
 class OptimConfig:
-    name: Literal["sgd", "adamw"] = "sgd"
+    name: str = "sgd"
     lr: float = field(default=0.1, metadata=_range(0.0, lo_open=True))
     momentum: float = field(default=0.9, metadata=_range(0.0, 1.0, hi_open=True))
     nesterov: bool = False
     weight_decay: float = field(default=5e-4, metadata=_range(0.0))
     head_lr: Optional[float] = field(default=None, metadata=_range(0.0, lo_open=True))
+    options: Dict[str, Any] = field(default_factory=dict)
+    no_decay_norm_bias: bool = False
+    clip_grad_norm: Optional[float] = field(default=None, metadata=_range(0.0, lo_open=True))
+    accumulate: int = field(default=1, metadata=_range(1, 4096))
 
 
 @dataclass
 class ScheduleConfig:
-    name: Literal["step", "cosine", "constant"] = "cosine"
+    name: str = "cosine"
     milestones: List[int] = field(default_factory=list)
     gamma: float = field(default=0.1, metadata=_range(0.0, lo_open=True))
     warmup_epochs: float = field(default=0.0, metadata=_range(0.0))
     min_lr: float = field(default=0.0, metadata=_range(0.0))
+    options: Dict[str, Any] = field(default_factory=dict)
+    interval: Literal["step", "epoch"] = "step"
 
 
 @dataclass
@@ -89,7 +95,7 @@ class TrainConfig:
     seed: int = 0
     deterministic: bool = False
     device: str = "auto"
-    precision: Literal["fp32", "bf16"] = "fp32"
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     channels_last: bool = False
     compile: bool = False
     sync_bn: bool = False
@@ -97,6 +103,9 @@ class TrainConfig:
     eval_every: int = field(default=1, metadata=_range(1))
     checkpoint_every: int = field(default=1, metadata=_range(1))
     snapshot_epochs: List[int] = field(default_factory=list)
+    tensorboard: bool = True
+    ema_decay: Optional[float] = field(default=None, metadata=_range(0.0, 1.0, lo_open=True, hi_open=True))
+    early_stop_patience: Optional[int] = field(default=None, metadata=_range(1))
 
 
 @dataclass
@@ -257,6 +266,9 @@ def validate_registered(cfg: RunConfig) -> None:
     for ep in cfg.train.snapshot_epochs:
         if not 1 <= ep <= cfg.train.epochs:
             raise ConfigError(f"train.snapshot_epochs: {ep} is outside 1..{cfg.train.epochs}")
+    from .engine.optim import check_optim_config
+
+    check_optim_config(cfg.optim, cfg.schedule)
     if cfg.schedule.name == "step" and any(m < 1 for m in cfg.schedule.milestones):
         raise ConfigError("schedule.milestones: epochs must be >= 1")
 

@@ -47,3 +47,10 @@ def method_requires(cfg: RunConfig):
 
         k = load_dataset(cfg.data.name, cfg.data.root, cfg.data.options).num_classes
         return build_objective(cfg.method, k).requires
+
+
+def default_checkpoint(run_dir: Path) -> str:
+    """The checkpoint that stands for a run's result: ``best`` (the epoch chosen on validation)
+    when the run saved one, otherwise ``last`` (a run without a validation split reports its last
+    epoch as best, and an unfinished run has only ``last``)."""
+    return "best" if (Path(run_dir) / "checkpoints" / "best.json").is_file() else "last"

@@ -81,6 +81,13 @@ def seed_everything(seed: int, deterministic: bool = False) -> None:
 
 
 def autocast_context(device: torch.device, precision: str):
-    if precision == "bf16":
-        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    if precision in ("bf16", "fp16"):
+        dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+        return torch.autocast(device_type=device.type, dtype=dtype)
     return contextlib.nullcontext()
+
+
+def grad_scaler(device: torch.device, precision: str):
+    """fp16 needs loss scaling against gradient underflow; bf16 and fp32 do not (disabled scaler:
+    ``scale`` and ``step`` pass through)."""
+    return torch.amp.GradScaler(device.type, enabled=precision == "fp16")

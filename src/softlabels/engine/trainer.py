@@ -24,8 +24,8 @@ from ..evaluate.metrics import classification_metrics
 from ..methods.base import build_objective
 from ..models import build_model
 from . import checkpoint as ckpt
-from .runtime import Runtime, autocast_context, seed_everything, setup_runtime
-from .schedule import StepSchedule
+from .optim import build_optimizer, build_schedule, param_groups
+from .runtime import Runtime, autocast_context, grad_scaler, seed_everything, setup_runtime
 
 SELECTION = "lowest val top1_error, ties broken by lower val nll"
 
@@ -81,9 +81,17 @@ class Trainer:
         self.train_loader, self.val_loader, self.test_loader = build_loaders(
             self.data, cfg.data, device=dev, seed=cfg.train.seed, rank=self.rt.rank,
             world=self.rt.world, channels_last=cfg.train.channels_last, requires=self.requires)
-        self.optimizer = self._make_optimizer(self._param_groups())
-        self.schedule = StepSchedule(self.optimizer, cfg.schedule, len(self.train_loader), cfg.train.epochs)
+        if cfg.train.early_stop_patience is not None and self.val_loader is None:
+            raise ConfigError("train.early_stop_patience: early stopping watches the validation split, and this run "
+                              "has none (set data.val_fraction > 0)")
+        # gradient accumulation: one optimiser step every `accumulate` batches (and at an epoch's end)
+        self.accumulate = cfg.optim.accumulate
+        self._micro = 0
+        self.optimizer = build_optimizer(param_groups(self.model, self.objective, cfg.optim), cfg.optim)
+        self.schedule = build_schedule(self.optimizer, cfg.schedule, -(-len(self.train_loader) // self.accumulate),
+                                       cfg.train.epochs)
         self.autocast = autocast_context(dev, cfg.train.precision)
+        self.scaler = grad_scaler(dev, cfg.train.precision)
 
         # the module the step loop calls: DDP-wrapped and/or compiled view of self.model
         net: nn.Module = self.model
@@ -96,6 +104,16 @@ class Trainer:
             net = torch.compile(net)
         self.net = net
         self._method_params = [p for p in self.objective.parameters() if p.requires_grad]
+        self._all_params = [p for g in self.optimizer.param_groups for p in g["params"]]
+        # an exponential moving average of the weights (buffers copied), evaluated beside them
+        self.ema = None
+        if cfg.train.ema_decay is not None:
+            from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+            self.ema = AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(cfg.train.ema_decay),
+                                     use_buffers=True)
+        self._since_best = 0
+        self.stopped_early: Optional[int] = None
 
         self.start_epoch = 0
         self.best: Optional[dict] = None
@@ -107,6 +125,7 @@ class Trainer:
             self._clean_labels = self.data.clean_train_labels.to(dev)
         else:
             self._noisy_mask = None
+        self._reset_accumulators()  # so that train_step also works outside fit (benchmarks, tests)
         if resume:
             self._resume()
         elif self.run_dir is not None and self.rt.is_main:
@@ -133,28 +152,6 @@ class Trainer:
                 f"{self.cfg.data.name} ({first})") from None
         finally:
             self.model.train(was_training)
-
-    def _param_groups(self):
-        """One group, or with ``optim.head_lr`` two: the backbone at ``optim.lr``; the classifier
-        (``model.head_modules``) and the method's own modules (adapters, auxiliary heads) at
-        ``optim.head_lr`` — the usual split when fine-tuning a pre-trained backbone."""
-        model_params = list(self.model.parameters())
-        method_params = list(self.objective.parameters())
-        head_lr = self.cfg.optim.head_lr
-        if head_lr is None:
-            return model_params + method_params
-        names = getattr(self.model, "head_modules", ("head",))
-        head = [p for n in names if hasattr(self.model, n) for p in getattr(self.model, n).parameters()]
-        head_ids = {id(p) for p in head}
-        backbone = [p for p in model_params if id(p) not in head_ids]
-        return [{"params": backbone}, {"params": head + method_params, "lr": head_lr}]
-
-    def _make_optimizer(self, params):
-        o = self.cfg.optim
-        if o.name == "sgd":
-            return torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, nesterov=o.nesterov,
-                                   weight_decay=o.weight_decay)
-        return torch.optim.AdamW(params, lr=o.lr, weight_decay=o.weight_decay)
 
     def _init_run_dir(self) -> None:
         from .rundir import environment_info
@@ -184,8 +181,9 @@ class Trainer:
         with torch.no_grad(), self.autocast:
             return [t(batch.x, return_features=self.requires.features) for t in self.teachers]
 
-    def train_step(self, batch) -> Dict[str, torch.Tensor]:
-        """One optimiser step on one batch. Returns the detached loss terms (device tensors)."""
+    def train_step(self, batch, last_in_epoch: bool = True) -> Dict[str, torch.Tensor]:
+        """Forward and backward on one batch and, every ``optim.accumulate`` batches (always with
+        accumulate 1, and at the epoch's last batch), one optimiser step. Returns the loss terms."""
         with self.autocast:
             out = self.objective.forward_batch(self.net, batch, self.requires.features)
             terms = self.objective.loss(out, batch, self.teacher_outputs(batch))
@@ -193,15 +191,28 @@ class Trainer:
             raise ConfigError(f"method.name: {self.cfg.method.name} gives no loss terms to optimise "
                               f"(e.g. cutout with ce=false needs another method beside it)")
         loss = sum(terms.values())
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if self._method_params and self.rt.distributed:
-            self._allreduce_method_grads()
-        self.optimizer.step()
-        self.schedule.step()
+        if self._micro == 0:
+            self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss / self.accumulate if self.accumulate > 1 else loss).backward()
+        self._micro += 1
+        if self._micro == self.accumulate or last_in_epoch:
+            self._optimizer_step()
         self.objective.on_step_end(out.detach(), batch)
         self._accumulate(out, batch, terms, loss)
         return terms
+
+    def _optimizer_step(self) -> None:
+        if self._method_params and self.rt.distributed:
+            self._allreduce_method_grads()
+        if self.cfg.optim.clip_grad_norm is not None:
+            self.scaler.unscale_(self.optimizer)
+            nn.utils.clip_grad_norm_(self._all_params, self.cfg.optim.clip_grad_norm)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.schedule.step()
+        if self.ema is not None:
+            self.ema.update_parameters(self.model)
+        self._micro = 0
 
     def _allreduce_method_grads(self) -> None:
         # Method-owned parameters (heads, adapters) live outside the DDP wrapper.
@@ -246,6 +257,7 @@ class Trainer:
             dist.all_reduce(flat)
         flat = flat.cpu().tolist()
         seen, correct = flat[0], flat[1]
+        self._last_seen = seen
         sums = flat[2:2 + len(self._term_names)]
         stats = {name: s / max(seen, 1) for name, s in zip(self._term_names, sums)}
         stats["top1_error"] = 100.0 * (1 - correct / max(seen, 1))
@@ -257,15 +269,18 @@ class Trainer:
 
     # ------------------------------------------------------------------ evaluation
     @torch.no_grad()
-    def predict(self, loader):
-        """Logits and labels of a whole split (gathered across ranks), on the CPU."""
-        self.model.eval()
+    def predict(self, loader, model: Optional[nn.Module] = None):
+        """Logits and labels of a whole split (gathered across ranks), on the CPU; ``model``
+        defaults to the trained model (the EMA model is the other one evaluated)."""
+        model = self.model if model is None else model
+        was_training = model.training
+        model.eval()
         logits, labels = [], []
         with torch.inference_mode(), self.autocast:
             for batch in loader:
-                logits.append(self.model(batch.x).logits.float())
+                logits.append(model(batch.x).logits.float())
                 labels.append(batch.y)
-        self.model.train()
+        model.train(was_training)
         k = self.data.num_classes
         z = torch.cat(logits) if logits else torch.zeros(0, k, device=self.rt.device)
         y = torch.cat(labels) if labels else torch.zeros(0, dtype=torch.long, device=self.rt.device)
@@ -273,14 +288,19 @@ class Trainer:
             z, y = _gather_rows(z, self.rt.world), _gather_rows(y, self.rt.world)
         return z.cpu(), y.cpu()
 
-    def evaluate(self, loader) -> dict:
-        z, y = self.predict(loader)
+    def evaluate(self, loader, model: Optional[nn.Module] = None) -> dict:
+        z, y = self.predict(loader, model)
         return classification_metrics(z, y, self.data.num_classes)
 
     # ------------------------------------------------------------------ the loop
     def fit(self) -> dict:
         cfg = self.cfg
         t_start = time.time()
+        log = None
+        if self.run_dir is not None and self.rt.is_main:
+            from .runlog import RunLog
+
+            log = RunLog(self.run_dir, self.start_epoch, tensorboard=cfg.train.tensorboard)
         for epoch in range(self.start_epoch, cfg.train.epochs):
             t0 = time.time()
             lr = self.schedule.lr()
@@ -288,12 +308,18 @@ class Trainer:
             self.model.train()
             self._reset_accumulators()
             self.objective.on_epoch_start(epoch)
-            for batch in self.train_loader:
-                self.train_step(batch)
+            shown = time.monotonic()
+            n_batches = len(self.train_loader)
+            for i, batch in enumerate(self.train_loader):
+                self.train_step(batch, last_in_epoch=i + 1 == n_batches)
                 if self.progress is not None:
                     self.progress.update(1)
+                    if time.monotonic() - shown > 1.0:  # a host sync at most once a second
+                        shown = time.monotonic()
+                        self._show_progress(None, epoch, lr, t0)
             self.objective.on_epoch_end(epoch)
             train = self._train_stats()
+            self._images_this_epoch = self._last_seen
             if not math.isfinite(train["loss"]):
                 raise SoftlabelsError(
                     f"training diverged: the loss is {train['loss']} in epoch {epoch + 1}; "
@@ -305,12 +331,22 @@ class Trainer:
                 if self.val_loader is not None:
                     record["val"] = self.evaluate(self.val_loader)
                 record["test"] = self.evaluate(self.test_loader)
+                if self.ema is not None:
+                    ema = self.ema.module
+                    record["ema"] = {"test": self.evaluate(self.test_loader, ema)}
+                    if self.val_loader is not None:
+                        record["ema"]["val"] = self.evaluate(self.val_loader, ema)
                 self._track_best(record)
+                patience = cfg.train.early_stop_patience
+                if patience is not None and self._since_best >= patience and not last:
+                    self.stopped_early = epoch + 1
+                    last = True
             record["epoch_time_s"] = round(time.time() - t0, 3)
             self.history.append(record)
-            if self.run_dir is not None and self.rt.is_main:
-                with open(self.run_dir / "metrics.jsonl", "a") as f:
-                    f.write(json.dumps(record) + "\n")
+            if self.progress is not None:
+                self._show_progress(record, epoch, lr, t0, epoch_done=True)
+            if log is not None:
+                log.append(record)
                 if (epoch + 1) in cfg.train.snapshot_epochs:
                     ckpt.save_checkpoint(self.run_dir / "checkpoints" / f"epoch{epoch + 1}",
                                          self._model_tensors(), self._model_meta(epoch + 1))
@@ -318,16 +354,37 @@ class Trainer:
                     self.save_last(epoch + 1)
             for cb in self.callbacks:
                 cb(self, record)
+            if self.stopped_early is not None:
+                break
+        if log is not None:
+            log.close()
         final = self._final(time.time() - t_start)
         if self.run_dir is not None and self.rt.is_main:
             ckpt.atomic_write_text(self.run_dir / "final.json", json.dumps(final, indent=1))
         return final
 
+    def _show_progress(self, record, epoch: int, lr: float, t0: float, epoch_done: bool = False) -> None:
+        from .runlog import progress_postfix
+
+        running, rate = None, None
+        if epoch_done:
+            running = record["train"]["loss"]
+            rate = record["train_time_s"] and self._images_this_epoch / record["train_time_s"]
+        elif self._term_sums is not None:
+            seen = float(self._seen)
+            running = float(self._term_sums[0]) / max(seen, 1.0)
+            rate = seen * self.rt.world / max(time.time() - t0, 1e-9)
+        shown = record if epoch_done else (self.history[-1] if self.history else None)
+        self.progress.set_postfix(progress_postfix(shown, running, rate, lr, epoch + 1, self.cfg.train.epochs),
+                                  refresh=False)
+
     def _track_best(self, record: dict) -> None:
         if "val" not in record:
             return
         key = (record["val"]["top1_error"], record["val"]["nll"])
+        self._since_best += 1
         if self.best is None or key < (self.best["val"]["top1_error"], self.best["val"]["nll"]):
+            self._since_best = 0
             self.best = {"epoch": record["epoch"], "val": record["val"], "test": record["test"]}
             if self.run_dir is not None and self.rt.is_main:
                 ckpt.save_checkpoint(self.run_dir / "checkpoints" / "best", self._model_tensors(),
@@ -351,6 +408,9 @@ class Trainer:
             "last": last_block,
             "best": best,
             "train_seconds": round(seconds, 2),
+            **({"ema": {"epoch": last["epoch"], **last["ema"]}} if last and "ema" in last else {}),
+            **({"stopped_early": {"epoch": self.stopped_early, "patience": c.train.early_stop_patience}}
+               if self.stopped_early is not None else {}),
         }
 
     # ------------------------------------------------------------------ checkpoints
@@ -370,8 +430,13 @@ class Trainer:
         tensors.update(rng_t)
         meta = self._model_meta(epoch)
         meta.update({"optimizer": opt_meta, "schedule": self.schedule.state_dict(), "rng": rng_meta,
-                     "best": self.best})
+                     "best": self.best, "since_best": self._since_best, "scaler": self.scaler.state_dict()})
+        if self.ema is not None:
+            tensors.update(ckpt.prefixed("ema", self.ema.state_dict()))
         ckpt.save_checkpoint(self.run_dir / "checkpoints" / "last", tensors, meta)
+        if self.ema is not None:  # the averaged weights as a model of their own: `eval --checkpoint ema`
+            ckpt.save_checkpoint(self.run_dir / "checkpoints" / "ema",
+                                 ckpt.prefixed("model", self.ema.module.state_dict()), self._model_meta(epoch))
 
     def _resume(self) -> None:
         stem = self.run_dir / "checkpoints" / "last"
@@ -384,6 +449,14 @@ class Trainer:
         ckpt.load_rng_state(self.rt.device, tensors, meta.get("rng", {}))
         self.start_epoch = int(meta["epoch"])
         self.best = meta.get("best")
+        self._since_best = int(meta.get("since_best", 0))
+        if meta.get("scaler"):
+            self.scaler.load_state_dict(meta["scaler"])
+        if self.ema is not None:
+            ema_state = ckpt.unprefixed("ema", tensors)
+            if not ema_state:
+                raise CheckpointError(f"checkpoint {stem}: has no EMA weights; it was written without train.ema_decay")
+            load_state(self.ema, ema_state, stem, "EMA")
         if self.rt.is_main:
             kept = [r for r in read_metrics(self.run_dir) if r["epoch"] <= self.start_epoch]
             ckpt.atomic_write_text(self.run_dir / "metrics.jsonl",

@@ -31,6 +31,26 @@ class ModelOutput:
                            {k: v.detach() for k, v in self.aux.items()})
 
 
+# torch.export understands a ModelOutput as a container of tensors, so ``torch.export.export(model,
+# (x,))`` works on any registered backbone as it is. TorchScript tracing, ONNX and tools such as
+# pytorch-grad-cam want a plain tensor: use ``model.logits_only()``.
+torch.export.register_dataclass(ModelOutput, serialized_type_name="softlabels.ModelOutput")
+
+
+class LogitsOnly(nn.Module):
+    """A softlabels model seen as a plain classifier: ``forward(x)`` returns the B×K logits tensor.
+
+    The wrapped model is ``.model`` (its layers stay reachable, e.g. ``.model.layer4`` as a
+    Grad-CAM target layer); parameters are shared, not copied."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x).logits
+
+
 class Classifier(nn.Module):
     """Base for every registered backbone.
 
@@ -74,6 +94,11 @@ class Classifier(nn.Module):
         last, embedding = self.forward_last(stages[-1])
         return stages + [last], embedding
 
+    def logits_only(self) -> LogitsOnly:
+        """This model as a tensor-returning classifier (``torch.jit.trace``, ONNX export,
+        pytorch-grad-cam, torchvision-style evaluation code)."""
+        return LogitsOnly(self)
+
     def forward(self, x: torch.Tensor, return_features: bool = False) -> ModelOutput:
         extension = self._modules.get("extension")
         if extension is not None:
@@ -101,3 +126,11 @@ class EvalMode:
         for m, training in self.modes:
             m.training = training
         return False
+
+
+def _tv_models():
+    """``torchvision.models``, imported on first use: it takes seconds to import, and neither
+    ``import softlabels.losses`` nor a run on a non-torchvision backbone should pay for it."""
+    import torchvision.models
+
+    return torchvision.models

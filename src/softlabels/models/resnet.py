@@ -17,11 +17,10 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
-import torchvision
 from torch import nn
 
 from ..registry import MODELS
-from .base import Classifier
+from .base import Classifier, _tv_models
 
 
 class TorchvisionResNet(Classifier):
@@ -29,7 +28,7 @@ class TorchvisionResNet(Classifier):
         super().__init__()
         if stem not in ("imagenet", "cifar"):
             raise ValueError(f"stem must be 'imagenet' or 'cifar', got {stem!r}")
-        net = getattr(torchvision.models, arch)(weights=None, num_classes=num_classes)
+        net = getattr(_tv_models(), arch)(weights=None, num_classes=num_classes)
         if stem == "cifar":
             conv1 = nn.Conv2d(in_channels, 64, kernel_size=3, stride=1, padding=1, bias=False)
         elif in_channels != 3:

@@ -41,11 +41,10 @@ from typing import Literal, Sequence
 
 import torch
 import torch.nn.functional as F
-import torchvision
 from torch import nn
 
 from ..registry import MODELS
-from .base import Classifier, ModelOutput
+from .base import Classifier, ModelOutput, _tv_models
 
 
 class FeaturesClassifier(Classifier):
@@ -139,7 +138,7 @@ _DENSENET_ENDS = ("denseblock1", "denseblock2", "denseblock3", "norm5")
 def _densenet(arch, num_classes, in_channels, stem, drop_rate, memory_efficient):
     if stem not in ("imagenet", "cifar"):
         raise ValueError(f"stem must be 'imagenet' or 'cifar', got {stem!r}")
-    net = getattr(torchvision.models, arch)(
+    net = getattr(_tv_models(), arch)(
         weights=None, num_classes=num_classes, drop_rate=drop_rate, memory_efficient=memory_efficient
     )
     feats = net.features
@@ -201,7 +200,7 @@ def mobilenet_v2(
 ) -> FeaturesClassifier:
     if stem not in ("imagenet", "cifar"):
         raise ValueError(f"stem must be 'imagenet' or 'cifar', got {stem!r}")
-    net = torchvision.models.mobilenet_v2(
+    net = _tv_models().mobilenet_v2(
         weights=None, num_classes=num_classes, width_mult=width_mult, dropout=dropout
     )
     feats = net.features
@@ -224,7 +223,7 @@ _EFFICIENTNET_ENDS = (1, 2, 3, 5, 8)
 def _efficientnet(arch, num_classes, in_channels, stem, dropout, stochastic_depth):
     if stem not in ("imagenet", "cifar"):
         raise ValueError(f"stem must be 'imagenet' or 'cifar', got {stem!r}")
-    net = getattr(torchvision.models, arch)(
+    net = getattr(_tv_models(), arch)(
         weights=None, num_classes=num_classes, dropout=dropout, stochastic_depth_prob=stochastic_depth
     )
     feats = net.features
