@@ -1,8 +1,11 @@
 """``imagefolder``: any ``ROOT/{train,val,test}/<class>/<image>`` tree, read file by file.
 
-Class names are the sub-folder names, sorted, and label i is the i-th of them. ``val`` is
-optional (the engine carves a validation split from ``train`` when it is missing); ``train``
-and ``test`` are required, and every split must have the same class folders. Hidden files and
+Class names are the sub-folder names, sorted, and label i is the i-th of them. ``train`` is
+required, and so is ``test``, except that a tree with only ``train`` and ``val`` (as Imagewoof
+and Imagenette are distributed) uses ``val`` as its test split. Otherwise ``val`` is optional
+(the engine carves a validation split from ``train`` when it is missing). Every split must have
+the same class folders, and a class folder without images is refused, naming it (a class that
+never trains, or is never tested), unless ``allow_empty_classes: true``. Hidden files and
 folders (leading ``.``) and files with other extensions are ignored. Images are decoded only
 when loaded (``FileLoader``), so a corrupt file is reported then, naming the file.
 """
@@ -21,8 +24,8 @@ from .files import IMAGENET_MEAN, IMAGENET_STD, FileSplit, ImageFiles, check_fil
 IMAGE_EXTENSIONS = (
     ".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".pbm",
 )
-LAYOUT = "ROOT/{train,test}/<class>/<image> (ROOT/val/<class>/ optional; extensions " + \
-    ",".join(e[1:] for e in IMAGE_EXTENSIONS) + ")"
+LAYOUT = "ROOT/{train,test}/<class>/<image> (ROOT/val/<class>/ optional, and the test split " \
+    "when there is no test/; extensions " + ",".join(e[1:] for e in IMAGE_EXTENSIONS) + ")"
 
 
 def _classes_of(split_dir: Path) -> List[str]:
@@ -47,15 +50,25 @@ def _images_of(class_dir: Path) -> List[str]:
     return out
 
 
-def _read_split(split_dir: Path, classes: List[str]) -> FileSplit:
+def _read_split(split_dir: Path, classes: List[str], allow_empty: bool) -> FileSplit:
     paths: List[str] = []
     labels: List[int] = []
+    empty: List[str] = []
     for label, name in enumerate(classes):
         found = _images_of(split_dir / name)
+        if not found:
+            empty.append(name)
         paths += found
         labels += [label] * len(found)
     if not paths:
         raise DataError(f"imagefolder: {split_dir} has no image files; expected {LAYOUT}")
+    if empty and not allow_empty:
+        shown = ", ".join(str(split_dir / n) for n in empty[:3])
+        more = f" and {len(empty) - 3} more" if len(empty) > 3 else ""
+        raise DataError(
+            f"imagefolder: {len(empty)} class folder(s) hold no images: {shown}{more} (a class "
+            f"with no image; set data.options.allow_empty_classes=true to keep them)"
+        )
     return FileSplit(paths, torch.tensor(labels, dtype=torch.long))
 
 
@@ -89,26 +102,33 @@ def imagefolder(
     resize: int = 256,
     mean: Tuple[float, float, float] = IMAGENET_MEAN,
     std: Tuple[float, float, float] = IMAGENET_STD,
+    allow_empty_classes: bool = False,
 ) -> ImageFiles:
-    """Read a class-folder tree. ``mean``/``std`` default to ImageNet's (RGB, 0..1 scale)."""
+    """Read a class-folder tree. ``mean``/``std`` default to ImageNet's (RGB, 0..1 scale);
+    ``allow_empty_classes`` accepts class folders without images."""
     check_file_options(image_size, resize, mean, std)
     if root is None:
         raise DataError(f"imagefolder: no data root given; expected {LAYOUT}")
     base = Path(root).expanduser()
     if not base.is_dir():
         raise DataError(f"imagefolder: {base} is not a directory; expected {LAYOUT}")
-    missing = [s for s in ("train", "test") if not (base / s).is_dir()]
+    has = {s: (base / s).is_dir() for s in ("train", "val", "test")}
+    missing = [s for s in ("train", "test") if not has[s] and not (s == "test" and has["val"])]
     if missing:
         raise DataError(
             f"imagefolder: {base} has no {' and no '.join(missing)} folder; expected {LAYOUT}"
         )
-    names = ["train", "test"] + (["val"] if (base / "val").is_dir() else [])
-    found = {name: _classes_of(base / name) for name in names}
+    # folder name → split; with train/ and val/ only, val/ is the test split
+    folders = {"train": "train", "test": "test" if has["test"] else "val"}
+    if has["test"] and has["val"]:
+        folders["val"] = "val"
+    found = {folder: _classes_of(base / folder) for folder in folders.values()}
     if not found["train"]:
         raise DataError(f"imagefolder: {base / 'train'} has no class folders; expected {LAYOUT}")
     _check_same_classes(found, base)
     classes = found["train"]
-    splits = {name: _read_split(base / name, classes) for name in names}
+    splits = {split: _read_split(base / folder, classes, allow_empty_classes)
+              for split, folder in folders.items()}
     return ImageFiles(
         train=splits["train"],
         test=splits["test"],

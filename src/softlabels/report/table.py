@@ -7,7 +7,8 @@ A run directory is anything holding a ``final.json`` written by the engine::
      "last": {"epoch": 29, "val": {...metrics...}, "test": {...metrics...}},
      "best": {"epoch": 25, "val": {...}, "test": {...}}}
 
-Runs are grouped by ``run.label`` and each metric is reported as ``mean ± std`` over seeds, the
+Runs are grouped by ``run.label`` (``folder_labels`` relabels runs of several folders whose
+labels collide, ``<folder>/<label>``) and each metric is reported as ``mean ± std`` over seeds, the
 way the papers print their tables. ``std`` is the *sample* standard deviation (ddof = 1, as
 ``statistics.stdev``); a group with a single seed gets ``std = 0``.
 """
@@ -30,6 +31,7 @@ __all__ = [
     "Row",
     "aggregate",
     "find_runs",
+    "folder_labels",
     "format_table",
     "read_final",
     "relative_error_reduction",
@@ -139,6 +141,37 @@ def find_runs(paths: Iterable[Union[str, Path]]) -> List[Path]:
     return found
 
 
+def folder_labels(paths: Sequence[Union[str, Path]]) -> Dict[str, str]:
+    """Row labels for reporting several folders side by side: run directory → label.
+
+    A run keeps its ``run.label`` unless runs with that label are found under more than one of
+    ``paths``; then each of them is labelled ``<folder>/<label>``, ``<folder>`` being the given
+    path's name (the path as given when two names are equal). So ``report cmpA cmpB`` shows
+    ``cmpA/ce`` and ``cmpB/ce`` instead of mixing their seeds. Pass the result to
+    ``aggregate(labels=...)``.
+    """
+    per_path = []
+    for given in paths:
+        runs = find_runs([given])
+        per_path.append((given, {str(d): _label_of(read_final(d)) for d in runs}))
+    names = [Path(given).name or str(given) for given, _ in per_path]
+    shown = [n if names.count(n) == 1 else str(Path(g)) for n, (g, _) in zip(names, per_path)]
+    homes: Dict[str, set] = {}
+    for i, (_, labels) in enumerate(per_path):
+        for label in labels.values():
+            homes.setdefault(label, set()).add(i)
+    out: Dict[str, str] = {}
+    for i, (_, labels) in enumerate(per_path):
+        for run_dir, label in labels.items():
+            if run_dir not in out:  # a run under two given paths keeps the first one's label
+                out[run_dir] = f"{shown[i]}/{label}" if len(homes[label]) > 1 else label
+    return out
+
+
+def _label_of(data: Dict[str, Any]) -> str:
+    return data["run"].get("label", data["run"].get("method"))
+
+
 # --------------------------------------------------------------------------- aggregation
 
 
@@ -170,8 +203,12 @@ def aggregate(
     which: str = "best",
     split: str = "test",
     metrics: Sequence[str] = DEFAULT_METRICS,
+    labels: Optional[Dict[str, str]] = None,
 ) -> List[Row]:
     """Group runs by ``run.label`` (first-seen order) and average each metric over seeds.
+
+    ``labels`` (run directory as ``str`` → label, e.g. from ``folder_labels``) replaces
+    ``run.label`` for the runs it names.
 
     ``which`` picks the ``best`` (model selection on val) or ``last`` epoch's numbers and
     ``split`` the split inside it. ``std`` is the sample standard deviation (ddof = 1); a
@@ -190,7 +227,7 @@ def aggregate(
         file = run_dir if run_dir.name == FINAL_NAME and run_dir.is_file() else run_dir / FINAL_NAME
         data = read_final(file)
         run = data["run"]
-        label = run.get("label", run.get("method"))
+        label = (labels or {}).get(str(file.parent), _label_of(data))
         values = {m: _metric_value(data, file, which, split, m) for m in metrics}
         g = groups.get(label)
         if g is None:
@@ -215,7 +252,8 @@ def aggregate(
                 other = g["runs"][g["seeds"].index(run["seed"])]
                 raise SoftlabelsError(
                     f"runs labelled {label!r} repeat seed {run['seed']!r}: {other} and "
-                    f"{file.parent}"
+                    f"{file.parent}; report these folders separately or give the runs "
+                    f"distinct labels (`softlabels report` without --merge labels them by folder)"
                 )
         g["seeds"].append(run["seed"])
         g["runs"].append(str(file.parent))
