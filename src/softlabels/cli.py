@@ -400,6 +400,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     except BrokenPipeError:
         _silence_stdout()
         return EXIT_BROKEN_PIPE
+    except SystemExit:  # --help: argparse printed it; a closed pipe shows up at the flush
+        try:
+            sys.stdout.flush()
+        except BrokenPipeError:
+            _silence_stdout()
+            return EXIT_BROKEN_PIPE
+        raise
     except Exception as exc:  # noqa: BLE001  (the last resort: a bug, reported as one)
         if debug:
             import traceback

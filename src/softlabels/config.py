@@ -352,7 +352,8 @@ def _load_document(loader: YamlLoader, where: str) -> Any:
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = f" line {mark.line + 1}" if mark is not None else ""
-        problem = getattr(exc, "problem", None) or "syntax error"
+        problem = "; ".join(t for t in (getattr(exc, "context", None), getattr(exc, "problem", None))
+                            if t) or "syntax error"
         raise _NotYaml(f"{where}:{line} is not valid YAML ({problem})") from None
     if node is None:
         return None
