@@ -277,8 +277,24 @@ _FLOAT_WITH_EXPONENT = re.compile(
     r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$")
 
 
+MAX_YAML_DEPTH = 100  # nested lists/mappings
+
+
 class YamlLoader(yaml.SafeLoader):
-    """``yaml.SafeLoader`` that also reads ``1e-3``, ``5E4``, ``1.5e+3`` as floats."""
+    """``yaml.SafeLoader`` that also reads ``1e-3``, ``5E4``, ``1.5e+3`` as floats and stops
+    at ``MAX_YAML_DEPTH`` levels of nesting (PyYAML composes recursively)."""
+
+    _depth = 0
+
+    def compose_node(self, parent, index):
+        self._depth += 1
+        try:
+            if self._depth > MAX_YAML_DEPTH:
+                mark = self.peek_event().start_mark
+                raise ConfigError(f"line {mark.line + 1}: nested more than {MAX_YAML_DEPTH} levels deep")
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
 
 
 YamlLoader.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT_WITH_EXPONENT,
@@ -296,37 +312,45 @@ def _shown_tag(tag: str) -> str:
 
 
 def _check_nodes(root, where: str) -> None:
-    """Tags allowed, no recursive alias, expanded size <= MAX_YAML_NODES."""
-    sizes: Dict[int, int] = {}
+    """Tags allowed, no recursive alias, at most MAX_YAML_NODES values and MAX_YAML_DEPTH
+    levels once aliases are expanded (an alias bomb is small as nodes but huge expanded)."""
+    seen: Dict[int, tuple] = {}  # id(node) → (expanded size, expanded height)
     active = set()
 
-    def size(node) -> int:
+    def walk(node, depth: int) -> tuple:
         key = id(node)
-        if key in sizes:
-            return sizes[key]
         line = node.start_mark.line + 1
-        if key in active:
-            raise ConfigError(f"{where}: line {line}: an alias refers to a node that contains it "
-                              "(recursive YAML is not allowed)")
-        if node.tag not in _ALLOWED_TAGS:
-            raise ConfigError(f"{where}: line {line}: tags such as {_shown_tag(node.tag)} are not "
-                              "allowed; write plain YAML (mappings, lists, strings, numbers, "
-                              "booleans, null)")
-        active.add(key)
-        if isinstance(node, yaml.SequenceNode):
-            total = 1 + sum(size(c) for c in node.value)
-        elif isinstance(node, yaml.MappingNode):
-            total = 1 + sum(size(k) + size(v) for k, v in node.value)
+        if key in seen:
+            size, height = seen[key]
         else:
-            total = 1
-        active.discard(key)
-        if total > MAX_YAML_NODES:
+            if key in active:
+                raise ConfigError(f"{where}: line {line}: an alias refers to a node that contains "
+                                  "it (recursive YAML is not allowed)")
+            if node.tag not in _ALLOWED_TAGS:
+                raise ConfigError(f"{where}: line {line}: tags such as {_shown_tag(node.tag)} are "
+                                  "not allowed; write plain YAML (mappings, lists, strings, numbers, "
+                                  "booleans, null)")
+            if depth > MAX_YAML_DEPTH:
+                height = MAX_YAML_DEPTH + 1  # reported below, without recursing further
+                size = 1
+            else:
+                active.add(key)
+                children = node.value if isinstance(node, yaml.SequenceNode) else \
+                    [n for pair in node.value for n in pair] if isinstance(node, yaml.MappingNode) else []
+                stats = [walk(c, depth + 1) for c in children]
+                active.discard(key)
+                size = 1 + sum(st[0] for st in stats)
+                height = 1 + max((st[1] for st in stats), default=0)
+            seen[key] = (size, height)
+        if depth - 1 + height > MAX_YAML_DEPTH:
+            raise ConfigError(f"{where}: line {line}: nested more than {MAX_YAML_DEPTH} levels deep "
+                              "once its aliases (*name) are expanded")
+        if size > MAX_YAML_NODES:
             raise ConfigError(f"{where}: line {line}: expands to more than {MAX_YAML_NODES:,} "
                               "values once its aliases (*name) are expanded; not a config")
-        sizes[key] = total
-        return total
+        return size, height
 
-    size(root)
+    walk(root, 1)
 
 
 def load_yaml_text(text: str, where: str) -> Any:
@@ -347,6 +371,8 @@ def load_yaml_text(text: str, where: str) -> Any:
 def _load_document(loader: YamlLoader, where: str) -> Any:
     try:
         node = loader.get_single_node()
+    except ConfigError as exc:  # too deep
+        raise ConfigError(f"{where}: {exc}") from None
     except yaml.reader.ReaderError:
         raise
     except yaml.YAMLError as exc:
