@@ -93,8 +93,9 @@ def _check_same_classes(found: Dict[str, List[str]], root: Path) -> None:
 
 @DATASETS.register(
     "imagefolder",
-    "images in ROOT/{train,val,test}/<class>/ folders (any image-classification set, "
-    "e.g. ImageNet-style trees), decoded per file",
+    "images in ROOT/{train,val,test}/<class>/ folders, or ROOT/{train,val}/ with val as the "
+    "test split (any image-classification set, e.g. ImageNet-style trees, Imagewoof), decoded "
+    "per file",
 )
 def imagefolder(
     root: Optional[str] = None,
