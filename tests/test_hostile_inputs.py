@@ -479,3 +479,12 @@ def test_user_errors_and_bugs_have_distinct_exit_codes():
 
     codes = {SoftlabelsError.exit_code, ConfigError.exit_code, DataError.exit_code}
     assert cli.EXIT_BUG not in codes and cli.EXIT_BROKEN_PIPE not in codes | {cli.EXIT_BUG, 130}
+
+
+def test_a_broken_pipe_that_is_not_stdout_is_not_hidden(monkeypatch, capsys):
+    def broken(args):
+        raise BrokenPipeError(32, "Broken pipe")  # e.g. a data-loader worker died
+
+    monkeypatch.setitem(cli.COMMANDS, "list", broken)
+    assert main(["list"]) == cli.EXIT_BUG
+    assert "BrokenPipeError" in capsys.readouterr().err

@@ -397,9 +397,11 @@ def main(argv: Optional[List[str]] = None) -> int:
         print("softlabels: interrupted; a run continues from its last epoch with "
               "`softlabels train --resume RUN_DIR` (compare: rerun with --out DIR)", file=sys.stderr)
         return 130
-    except BrokenPipeError:
-        _silence_stdout()
-        return EXIT_BROKEN_PIPE
+    except BrokenPipeError as exc:
+        if _stdout_gone():
+            _silence_stdout()
+            return EXIT_BROKEN_PIPE
+        return _bug(exc, debug)  # another pipe (a worker, a socket): not the reader of our output
     except SystemExit:  # --help: argparse printed it; a closed pipe shows up at the flush
         try:
             sys.stdout.flush()
@@ -408,14 +410,36 @@ def main(argv: Optional[List[str]] = None) -> int:
             return EXIT_BROKEN_PIPE
         raise
     except Exception as exc:  # noqa: BLE001  (the last resort: a bug, reported as one)
-        if debug:
-            import traceback
+        return _bug(exc, debug)
 
-            traceback.print_exc()
-        print(f"softlabels: internal error (a bug in softlabels, not in your input): "
-              f"{type(exc).__name__}: {_first_line(exc)}; please report it with the command line "
-              f"and the traceback that --debug (or {DEBUG_ENV}=1) prints", file=sys.stderr)
-        return EXIT_BUG
+
+def _bug(exc: BaseException, debug: bool) -> int:
+    if debug:
+        import traceback
+
+        traceback.print_exception(exc)
+    print(f"softlabels: internal error (a bug in softlabels, not in your input): "
+          f"{type(exc).__name__}: {_first_line(exc)}; please report it with the command line "
+          f"and the traceback that --debug (or {DEBUG_ENV}=1) prints", file=sys.stderr)
+    return EXIT_BUG
+
+
+def _stdout_gone() -> bool:
+    """Whether stdout is a pipe whose reader has gone (its flush fails, or poll says so)."""
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        return True
+    except (OSError, ValueError):
+        pass
+    try:
+        import select
+
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(ev & select.POLLERR for _, ev in poller.poll(0))
+    except (OSError, ValueError, AttributeError):  # no real file descriptor: cannot tell
+        return False
 
 
 def _first_line(exc: BaseException) -> str:
