@@ -488,3 +488,10 @@ def test_a_broken_pipe_that_is_not_stdout_is_not_hidden(monkeypatch, capsys):
     monkeypatch.setitem(cli.COMMANDS, "list", broken)
     assert main(["list"]) == cli.EXIT_BUG
     assert "BrokenPipeError" in capsys.readouterr().err
+
+
+def test_report_the_same_runs_twice_is_not_a_collision(capsys, tmp_path):
+    a = tmp_path / "cmp"
+    _final(a, "ce", 0, 1.0)
+    code, out, _ = run(capsys, ["report", str(a), str(a), str(a / "ce")])
+    assert code == 0 and any(line.startswith("ce ") for line in out.splitlines())

@@ -150,22 +150,20 @@ def folder_labels(paths: Sequence[Union[str, Path]]) -> Dict[str, str]:
     ``cmpA/ce`` and ``cmpB/ce`` instead of mixing their seeds. Pass the result to
     ``aggregate(labels=...)``.
     """
-    per_path = []
-    for given in paths:
-        runs = find_runs([given])
-        per_path.append((given, {str(d): _label_of(read_final(d)) for d in runs}))
-    names = [Path(given).name or str(given) for given, _ in per_path]
-    shown = [n if names.count(n) == 1 else str(Path(g)) for n, (g, _) in zip(names, per_path)]
+    owner: Dict[str, tuple] = {}  # run directory → (index of the first path reaching it, label)
+    seen = set()
+    for i, given in enumerate(paths):
+        for d in find_runs([given]):
+            if d.resolve() not in seen:
+                seen.add(d.resolve())
+                owner[str(d)] = (i, _label_of(read_final(d)))
+    names = [Path(given).name or str(given) for given in paths]
+    shown = [n if names.count(n) == 1 else str(Path(g)) for n, g in zip(names, paths)]
     homes: Dict[str, set] = {}
-    for i, (_, labels) in enumerate(per_path):
-        for label in labels.values():
-            homes.setdefault(label, set()).add(i)
-    out: Dict[str, str] = {}
-    for i, (_, labels) in enumerate(per_path):
-        for run_dir, label in labels.items():
-            if run_dir not in out:  # a run under two given paths keeps the first one's label
-                out[run_dir] = f"{shown[i]}/{label}" if len(homes[label]) > 1 else label
-    return out
+    for i, label in owner.values():
+        homes.setdefault(label, set()).add(i)
+    return {key: f"{shown[i]}/{label}" if len(homes[label]) > 1 else label
+            for key, (i, label) in owner.items()}
 
 
 def _label_of(data: Dict[str, Any]) -> str:
