@@ -240,6 +240,7 @@ BAD_YAML = [
     ("syntax", b"optim: [unclosed\n", "expected ',' or ']', but got '<stream end>'"),
     ("two-documents", b"a: 1\n---\nb: 2\n", "expected a single document in the stream; but found another document"),
     ("top-level-list", b"- 1\n- 2\n", "expected a mapping at the top level"),
+    ("duplicate-key", b"optim: {lr: 0.1}\ntrain: {epochs: 2}\noptim: {momentum: 0.5}\n", "line 3: key 'optim' appears twice"),
     ("bad-date", b"date: 2026-02-30\n", "a value cannot be read (day is out of range for month)"),
     ("long-int", b"train: {seed: 1" + b"0" * 5000 + b"}\n", "a value cannot be read (Exceeds the limit"),
 ]

@@ -266,7 +266,7 @@ def _deepcopy(d):
 # Every YAML file the project reads (run configs, pipelines, studies, a run's config.yaml) goes
 # through ``load_yaml``; override values through ``load_yaml_text``. Both are ``safe_load`` plus:
 # YAML 1.2 floats (``1e-3``, ``5E4``: PyYAML's YAML 1.1 rules read them as strings), no tags
-# (``!!python/...``, ``!custom``), bounded size and alias expansion (an "alias bomb" of nested
+# (``!!python/...``, ``!custom``), no key twice in a mapping, bounded size and alias expansion (an "alias bomb" of nested
 # ``*refs`` expands exponentially), no recursive aliases, UTF-8 text. Each failure is one
 # ``ConfigError`` line naming the file.
 
@@ -334,6 +334,8 @@ def _check_nodes(root, where: str) -> None:
                 height = MAX_YAML_DEPTH + 1  # reported below, without recursing further
                 size = 1
             else:
+                if isinstance(node, yaml.MappingNode):
+                    _check_unique_keys(node, where)
                 active.add(key)
                 children = node.value if isinstance(node, yaml.SequenceNode) else \
                     [n for pair in node.value for n in pair] if isinstance(node, yaml.MappingNode) else []
@@ -351,6 +353,19 @@ def _check_nodes(root, where: str) -> None:
         return size, height
 
     walk(root, 1)
+
+
+def _check_unique_keys(node, where: str) -> None:
+    """YAML requires unique keys; PyYAML silently keeps the last (a config with two ``optim:``
+    sections would lose the first)."""
+    seen = set()
+    for k, _ in node.value:
+        if isinstance(k, yaml.ScalarNode) and k.tag != "tag:yaml.org,2002:merge":
+            ident = (k.tag, k.value)
+            if ident in seen:
+                raise ConfigError(f"{where}: line {k.start_mark.line + 1}: key {k.value!r} appears "
+                                  "twice in the same mapping")
+            seen.add(ident)
 
 
 def load_yaml_text(text: str, where: str) -> Any:
