@@ -80,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="softlabels", description="Train and compare image classifiers with soft-label objectives.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--debug", action="store_true", default=bool(os.environ.get(DEBUG_ENV)),
+    parser.add_argument("--debug", action="store_true",
                         help=f"print the Python traceback of an internal error (also {DEBUG_ENV}=1)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 

@@ -156,7 +156,7 @@ def run_pipeline(path: str, out: Path, seeds: List[int], extra_overrides: List[s
     from .engine.runtime import setup_runtime
     from .progress import progress_bar
 
-    base, stages = parse_pipeline(load_yaml(path), where=Path(path).name)
+    base, stages = parse_pipeline(load_yaml(path, what="pipeline file"), where=Path(path).name)
     # validate every stage's config before training anything
     plans = {s.name: stage_config(base, s, seeds[0], list(extra_overrides)) for s in stages if s.ensemble is None}
     rt = setup_runtime(next(iter(plans.values())).train.device)
