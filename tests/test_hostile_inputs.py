@@ -19,6 +19,7 @@ import dataclasses
 import json
 import os
 import pickle
+import re
 import subprocess
 import sys
 import typing
@@ -496,3 +497,45 @@ def test_report_the_same_runs_twice_is_not_a_collision(capsys, tmp_path):
     _final(a, "ce", 0, 1.0)
     code, out, _ = run(capsys, ["report", str(a), str(a), str(a / "ce")])
     assert code == 0 and any(line.startswith("ce ") for line in out.splitlines())
+
+
+RECIPES = Path(__file__).resolve().parents[1] / "recipes"
+
+
+def _header_commands(path: Path):
+    """The `softlabels ...` commands a recipe's header comment prints (with continuation lines)."""
+    import shlex
+
+    lines = [ln[1:].strip() for ln in path.read_text().splitlines() if ln.startswith("#")]
+    i = 0
+    while i < len(lines):
+        if lines[i].startswith("softlabels "):
+            text = lines[i]
+            while text.endswith("\\") and i + 1 < len(lines):
+                i += 1
+                text = text[:-1] + " " + lines[i]
+            yield shlex.split(re.sub(r"\s{2,}\(.*\)$", "", text))[1:]  # minus a trailing "  (note)"
+        i += 1
+
+
+@pytest.mark.parametrize("recipe", sorted(RECIPES.glob("*.yaml")), ids=lambda p: p.stem)
+def test_recipe_headers_parse_as_printed(recipe):
+    for argv in _header_commands(recipe):
+        args = parse_args(argv)
+        written = [a for a in argv if "=" in a and not a.startswith("-")]
+        assert list(getattr(args, "overrides", [])) == written, argv
+
+
+@pytest.mark.parametrize("content,fragment", [
+    ("optim: {lr: .nan}\n", "optim.lr: expected a finite number, got nan"),
+    ("data: {val_fraction: .inf}\n", "data.val_fraction: expected a finite number, got inf"),
+    ("method: {name: ols, options: {alpha: -.inf}}\n", "method.options.alpha: expected a finite number"),
+    (f"train: {{seed: {HUGE}}}\n", "train.seed: expected a value >= 0 and <= 2147483647"),
+    (f"data: {{options: {{image_size: {HUGE}}}}}\n", "data.options.image_size: expected an integer of at most 64 bits"),
+])
+@pytest.mark.parametrize("how", ["config", "resume"])
+def test_bad_numbers_in_a_config_file(capsys, tmp_path, content, fragment, how):
+    (tmp_path / "config.yaml").write_text(content)
+    argv = ["train", "--config", str(tmp_path / "config.yaml")] if how == "config" else \
+        ["train", "--resume", str(tmp_path)]
+    expect_error(capsys, argv, fragment, 2)
