@@ -539,3 +539,16 @@ def test_bad_numbers_in_a_config_file(capsys, tmp_path, content, fragment, how):
     argv = ["train", "--config", str(tmp_path / "config.yaml")] if how == "config" else \
         ["train", "--resume", str(tmp_path)]
     expect_error(capsys, argv, fragment, 2)
+
+
+@pytest.mark.parametrize("content,fragment", [
+    (b"\xff\xfe\x00garbage", "not UTF-8 text"),
+    (b'{"run": {"seed": 0, "label": "x"}, "best": {"test": {"top1_error": "a"}}}', "is not a number: 'a'"),
+    (b'{"run": {"seed": 0}}', "missing key 'run.label'"),
+    (b'[1, 2]', "expected a JSON object"),
+    (b'{"run": {"seed": 0, "label": "x"', "not valid JSON"),
+])
+def test_report_over_a_damaged_final_json(capsys, tmp_path, content, fragment):
+    (tmp_path / "r").mkdir()
+    (tmp_path / "r" / "final.json").write_bytes(content)
+    expect_error(capsys, ["report", str(tmp_path)], fragment, 1)

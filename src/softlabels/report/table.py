@@ -86,6 +86,9 @@ def read_final(path: Union[str, Path]) -> Dict[str, Any]:
         text = path.read_text(encoding="utf-8")
     except OSError as e:
         raise SoftlabelsError(f"{path}: cannot read: {e.strerror or e}") from None
+    except UnicodeDecodeError as e:
+        raise SoftlabelsError(f"{path}: not UTF-8 text (byte {e.start}); not a final.json the "
+                              f"engine wrote") from None
     try:
         data = json.loads(text)
     except json.JSONDecodeError as e:
