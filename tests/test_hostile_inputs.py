@@ -552,3 +552,19 @@ def test_report_over_a_damaged_final_json(capsys, tmp_path, content, fragment):
     (tmp_path / "r").mkdir()
     (tmp_path / "r" / "final.json").write_bytes(content)
     expect_error(capsys, ["report", str(tmp_path)], fragment, 1)
+
+
+def test_imagefolder_symlink_cycle_is_named_and_a_folder_linked_twice_read_once(capsys, tmp_path):
+    from softlabels.data import load_dataset
+
+    root = _tree(tmp_path / "t")
+    (root / "train" / "cat" / "loop").symlink_to(root / "train")
+    line = expect_error(capsys, ["train", "--dataset", "imagefolder", "--data-root", str(root)],
+                        f"{root / 'train' / 'cat' / 'loop'} links back to", 1)
+    assert "symbolic-link cycle" in line
+    (root / "train" / "cat" / "loop").unlink()
+    (root / "train" / "cat" / "more").mkdir()
+    (root / "train" / "cat" / "more" / "1.png").write_bytes((root / "train" / "cat" / "0.png").read_bytes())
+    (root / "train" / "cat" / "again").symlink_to(root / "train" / "cat" / "more")
+    d = load_dataset("imagefolder", str(root), None)
+    assert d.train.labels.tolist() == [0, 0, 1]

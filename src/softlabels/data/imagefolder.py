@@ -39,8 +39,19 @@ def _classes_of(split_dir: Path) -> List[str]:
 
 def _images_of(class_dir: Path) -> List[str]:
     out = []
+    visited = set()  # (device, inode) of every folder walked: one reached twice is read once
+    top = os.path.realpath(class_dir)
     try:
         for dirpath, dirnames, filenames in os.walk(class_dir, followlinks=True):
+            real = os.path.realpath(dirpath)
+            if dirpath != str(class_dir) and (real == top or top.startswith(real.rstrip(os.sep) + os.sep)):
+                raise DataError(f"imagefolder: {dirpath} links back to {real}, which holds it (a "
+                                "symbolic-link cycle); remove the link")
+            st = os.stat(dirpath)
+            if (st.st_dev, st.st_ino) in visited:
+                dirnames[:] = []
+                continue
+            visited.add((st.st_dev, st.st_ino))
             dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
             for f in sorted(filenames):
                 if not f.startswith(".") and f.lower().endswith(IMAGE_EXTENSIONS):
