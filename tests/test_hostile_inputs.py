@@ -532,6 +532,7 @@ def test_recipe_headers_parse_as_printed(recipe):
     ("method: {name: ols, options: {alpha: -.inf}}\n", "method.options.alpha: expected a finite number"),
     (f"train: {{seed: {HUGE}}}\n", "train.seed: expected a value >= 0 and <= 2147483647"),
     (f"data: {{options: {{image_size: {HUGE}}}}}\n", "data.options.image_size: expected an integer of at most 64 bits"),
+    ('data: {root: "/data/a\\0b"}\n', "data.root: a NUL character is not allowed"),
 ])
 @pytest.mark.parametrize("how", ["config", "resume"])
 def test_bad_numbers_in_a_config_file(capsys, tmp_path, content, fragment, how):

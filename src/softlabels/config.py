@@ -196,27 +196,30 @@ def _check_value(path: str, value: Any, ann: Any, rng) -> Any:
 INT64 = 2**63 - 1
 
 
-def check_numbers(data: Any, where: str = "") -> None:
-    """Refuse NaN, infinities and integers beyond 64 bits anywhere in a config tree.
+def check_scalars(data: Any, where: str = "") -> None:
+    """Refuse NaN, infinities, integers beyond 64 bits and strings with a NUL character
+    anywhere in a config tree.
 
     This covers the free-form parts too (``model.options``, ``method.options``,
     ``method.weights``, ``data.options``) before a factory sees them.
     """
     if isinstance(data, dict):
         for k, v in data.items():
-            check_numbers(v, f"{where}.{k}" if where else str(k))
+            check_scalars(v, f"{where}.{k}" if where else str(k))
     elif isinstance(data, (list, tuple)):
         for i, v in enumerate(data):
-            check_numbers(v, f"{where}[{i}]")
+            check_scalars(v, f"{where}[{i}]")
     elif isinstance(data, float) and not math.isfinite(data):
         raise ConfigError(f"{where}: expected a finite number, got {data!r}")
     elif isinstance(data, int) and not isinstance(data, bool) and abs(data) > INT64:
         raise ConfigError(f"{where}: expected an integer of at most 64 bits, got {_show(data)}")
+    elif isinstance(data, str) and "\x00" in data:
+        raise ConfigError(f"{where}: a NUL character is not allowed, got {_show(data)}")
 
 
 def config_from_dict(data: Optional[dict]) -> RunConfig:
     cfg = _section_from_dict(RunConfig, data or {}, "")
-    check_numbers(data or {})
+    check_scalars(data or {})
     return cfg
 
 
