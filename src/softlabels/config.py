@@ -4,8 +4,8 @@ A run is described by one ``RunConfig``: nested dataclasses, loaded from YAML wi
 ``load_yaml`` (safe, bounded, see there) and patched with dotted overrides (``optim.lr=0.05``).
 Every key and value is checked before anything trains: an unknown key, a wrong type or an
 out-of-range value raises ``ConfigError`` with one line naming the key and what was expected.
-Every integer key has a range, no number anywhere in a config may be NaN or infinite, and no
-integer may exceed 64 bits. Registry-backed ``options`` dicts (model, dataset, method) are
+Every integer key has a range; anywhere in a config no number may be NaN or infinite, no
+integer exceed 64 bits and no string hold a NUL character. Registry-backed ``options`` dicts (model, dataset, method) are
 checked against the factory's signature.
 """
 from __future__ import annotations
