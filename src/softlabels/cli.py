@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import List, Optional
@@ -10,8 +11,44 @@ from typing import List, Optional
 from .errors import ConfigError, SoftlabelsError
 
 EPILOG = """Config overrides are KEY=VALUE pairs with dotted keys, e.g. optim.lr=0.05
-model.options.stem=cifar method.options.alpha=0.3 data.label_noise=0.2.
-Run `softlabels list` for the registered datasets, models and methods."""
+model.options.stem=cifar method.options.alpha=0.3 data.label_noise=0.2, anywhere on the
+command line (also after options). Run `softlabels list` for the registered datasets, models
+and methods."""
+
+# Exit codes: 0 done; 1 a problem with the data, a file or a run (SoftlabelsError); 2 a wrong
+# option, key or value (ConfigError, usage); 70 a bug in softlabels (EX_SOFTWARE); 130 Ctrl-C;
+# 141 the reader of the output went away (`softlabels list | head`, like SIGPIPE).
+EXIT_BUG = 70
+EXIT_BROKEN_PIPE = 141
+DEBUG_ENV = "SOFTLABELS_DEBUG"
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage mistake is one ``softlabels: error:`` line (exit 2), like any
+    other mistake, instead of the usage text and a SystemExit."""
+
+    def error(self, message):
+        raise ConfigError(_usage_error(self.prog, message))
+
+
+def _usage_error(prog: str, message: str) -> str:
+    command = prog[len("softlabels"):].strip()
+    return f"{command + ': ' if command else ''}{message} (see `{prog} --help`)"
+
+
+def _int_in(lo: int, hi: int):
+    """argparse type: an integer in lo..hi."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text[:40]!r}") from None
+        if not lo <= value <= hi:
+            raise argparse.ArgumentTypeError(f"expected an integer from {lo} to {hi}, got {text[:40]}")
+        return value
+
+    parse.__name__ = "int"
+    return parse
 
 
 def _shortcut_overrides(args) -> List[str]:
@@ -40,12 +77,14 @@ def _add_common(p: argparse.ArgumentParser, method: bool = True) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="softlabels", description="Train and compare image classifiers with soft-label objectives.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     from . import __version__
 
     parser.add_argument("--version", action="version", version=f"softlabels {__version__}")
+    parser.add_argument("--debug", action="store_true",
+                        help=f"print the Python traceback of an internal error (also {DEBUG_ENV}=1)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("train", help="train one model with one method", epilog=EPILOG,
@@ -61,7 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "e.g. ols:method.options.alpha=0.3.", formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_common(p, method=False)
     p.add_argument("--methods", required=True, help="comma-separated methods, e.g. ce,ls,ols or ce,kd+cskd")
-    p.add_argument("--seeds", type=int, default=3, help="number of seeds, 0..N-1 (default 3)")
+    p.add_argument("--seeds", type=_int_in(1, 10_000), default=3, help="number of seeds, 0..N-1 (default 3)")
     p.add_argument("--seed-list", help="explicit comma-separated seeds (overrides --seeds)")
     p.add_argument("--out", help="comparison folder (default: RUNS/compare-<dataset>-<time>); "
                    "an existing one is continued: finished runs are kept, interrupted ones resumed")
@@ -78,7 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file", help="pipeline YAML: base config and stages (see docs/pipelines.md)")
     p.add_argument("--out", help="pipeline folder (default: RUNS/pipeline-<file>-<time>); an existing one is "
                    "continued: finished stages are kept, an interrupted one resumed")
-    p.add_argument("--seeds", type=int, default=1, help="run the whole pipeline for seeds 0..N-1 (default 1)")
+    p.add_argument("--seeds", type=_int_in(1, 10_000), default=1,
+                   help="run the whole pipeline for seeds 0..N-1 (default 1)")
     p.add_argument("--seed-list", help="explicit comma-separated seeds (overrides --seeds)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides applied to every stage")
@@ -92,15 +132,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--analyses", nargs="?", const="default", metavar="A,B,...",
                    help="run analyses (comma-separated names, 'default' or 'all'); results and PNGs go to "
                    "RUN_DIR/eval/<checkpoint>-<split>/")
-    p.add_argument("--samples", type=int, default=8, help="number of sample images for top-5 bars and Grad-CAM")
+    p.add_argument("--samples", type=_int_in(1, 10_000), default=8, help="number of sample images for top-5 bars and Grad-CAM")
     p.add_argument("--sample-indices", help="explicit comma-separated sample positions in the split")
     p.add_argument("--baseline", help="baseline run directory (analysis baseline)")
     p.add_argument("--members", nargs="+", help="ensemble member run directories (analysis or_maps)")
     p.add_argument("--human-labels", help="CIFAR-10H cifar10h-counts.npy or cifar10h-probs.npy (analysis human)")
-    p.add_argument("--max-adversarial", type=int, default=1000, help="test samples attacked (analysis robustness)")
+    p.add_argument("--max-adversarial", type=_int_in(1, 10_000_000), default=1000, help="test samples attacked (analysis robustness)")
 
     p = sub.add_parser("report", help="table of one or more runs / comparison folders (mean ± std over seeds)")
-    p.add_argument("paths", nargs="+", help="run directories or folders containing them")
+    p.add_argument("paths", nargs="+", help="run directories or folders containing them; a method found in "
+                   "several of these folders gets one row per folder, labelled FOLDER/METHOD")
+    p.add_argument("--merge", action="store_true", help="pool runs of the same label across the folders "
+                   "(e.g. seeds 0-2 in one folder, 3-4 in another) instead of one row per folder")
     p.add_argument("--which", choices=["best", "last"], default="best")
     p.add_argument("--split", choices=["test", "val"], default="test")
     p.add_argument("--baseline", help="method label for the relative error reduction column")
@@ -112,22 +155,41 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="images/s of the engine's step vs a bare PyTorch loop")
     p.add_argument("--model", default="resnet8")
     p.add_argument("--methods", default="ce,ols", help="engine methods to time (default ce,ols)")
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--image-size", type=int, default=28)
-    p.add_argument("--channels", type=int, default=1)
-    p.add_argument("--num-classes", type=int, default=10)
+    p.add_argument("--batch-size", type=_int_in(1, 2**20), default=128)
+    p.add_argument("--image-size", type=_int_in(1, 4096), default=28)
+    p.add_argument("--channels", type=_int_in(1, 64), default=1)
+    p.add_argument("--num-classes", type=_int_in(2, 1_000_000), default=10)
     p.add_argument("--channels-last", action="store_true")
     p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
     p.add_argument("--compile", action="store_true")
     p.add_argument("--device", default="auto")
-    p.add_argument("--steps", type=int, default=20, help="steps per timed block")
-    p.add_argument("--rounds", type=int, default=5, help="interleaved timed blocks per loop")
-    p.add_argument("--threads", type=int, default=0, help="torch threads (0: leave as is)")
+    p.add_argument("--steps", type=_int_in(1, 1_000_000), default=20, help="steps per timed block")
+    p.add_argument("--rounds", type=_int_in(1, 10_000), default=5, help="interleaved timed blocks per loop")
+    p.add_argument("--threads", type=_int_in(0, 1024), default=0, help="torch threads (0: leave as is)")
     p.add_argument("--json", help="also write the figures to this JSON file")
 
     p = sub.add_parser("list", help="registered datasets, models and methods")
     p.add_argument("kind", nargs="?", choices=["datasets", "models", "methods"])
+    for p in sub.choices.values():  # --debug after the command name works too
+        p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                       help=f"print the Python traceback of an internal error (also {DEBUG_ENV}=1)")
     return parser
+
+
+def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
+    """Parse the command line; KEY=VALUE overrides may come anywhere, also after options
+    (argparse alone takes them only in one block)."""
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    overrides = [a for a in extra if "=" in a and not a.startswith("-")]
+    unknown = [a for a in extra if a not in overrides]
+    if overrides and not hasattr(args, "overrides"):
+        unknown = extra
+    if unknown:
+        raise ConfigError(_usage_error(f"softlabels {args.command}", f"unrecognized arguments: {' '.join(unknown)}"))
+    if overrides:
+        args.overrides = list(args.overrides) + overrides
+    return args
 
 
 def cmd_train(args) -> int:
@@ -135,6 +197,7 @@ def cmd_train(args) -> int:
     from .engine import Trainer
     from .engine.rundir import default_run_dir
     from .engine.runtime import setup_runtime, teardown_runtime
+    from .progress import progress_bar
 
     if args.resume:
         run_dir = Path(args.resume)
@@ -153,11 +216,7 @@ def cmd_train(args) -> int:
         if (run_dir / "config.yaml").exists():
             raise ConfigError(f"--out {run_dir}: a run already exists there; use --resume {run_dir} to continue it")
     rt = setup_runtime(cfg.train.device)
-    bar = None
-    if not args.no_progress and rt.is_main:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(unit="step", dynamic_ncols=True, file=sys.stderr, mininterval=0.5, desc=cfg.method.name)
+    bar = progress_bar(not args.no_progress and rt.is_main, cfg.method.name)
     try:
         trainer = Trainer(cfg, run_dir, resume=bool(args.resume), runtime=rt, progress=bar)
         if bar is not None:
@@ -274,17 +333,18 @@ def cmd_eval(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from .report.table import aggregate, find_runs, format_table
+    from .report.table import aggregate, find_runs, folder_labels, format_table
 
     runs = find_runs(args.paths)
+    labels = None if args.merge else folder_labels(args.paths)
     metrics = ("top1_error", "top5_error", "nll", "ece")
-    rows = aggregate(runs, which=args.which, split=args.split, metrics=metrics)
+    rows = aggregate(runs, which=args.which, split=args.split, metrics=metrics, labels=labels)
     print(format_table(rows, metrics, baseline=args.baseline, fmt="markdown" if args.markdown else "text"))
     if args.html:
         from .report.html import render_report
 
         out = render_report(args.paths, Path(args.html), which=args.which, split=args.split,
-                            baseline=args.baseline, title=args.title)
+                            baseline=args.baseline, title=args.title, labels=labels)
         print(f"HTML report: {out}")
     return 0
 
@@ -324,9 +384,15 @@ COMMANDS = {"train": cmd_train, "compare": cmd_compare, "pipeline": cmd_pipeline
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
+    """Run one command; every way it can end is one line on stderr and an exit code (see the
+    EXIT_* constants): a user's mistake, an interrupt, a closed pipe, or a bug."""
+    debug = bool(os.environ.get(DEBUG_ENV))
     try:
-        return COMMANDS[args.command](args)
+        args = parse_args(argv)
+        debug = debug or args.debug
+        code = COMMANDS[args.command](args)
+        sys.stdout.flush()  # a closed pipe shows up here, not at interpreter exit
+        return code
     except SoftlabelsError as exc:
         print(f"softlabels: error: {exc}", file=sys.stderr)
         return exc.exit_code
@@ -334,6 +400,64 @@ def main(argv: Optional[List[str]] = None) -> int:
         print("softlabels: interrupted; a run continues from its last epoch with "
               "`softlabels train --resume RUN_DIR` (compare: rerun with --out DIR)", file=sys.stderr)
         return 130
+    except BrokenPipeError as exc:
+        if _stdout_gone():
+            _silence_stdout()
+            return EXIT_BROKEN_PIPE
+        return _bug(exc, debug)  # another pipe (a worker, a socket): not the reader of our output
+    except SystemExit:  # --help: argparse printed it; a closed pipe shows up at the flush
+        try:
+            sys.stdout.flush()
+        except BrokenPipeError:
+            _silence_stdout()
+            return EXIT_BROKEN_PIPE
+        raise
+    except Exception as exc:  # noqa: BLE001  (the last resort: a bug, reported as one)
+        return _bug(exc, debug)
+
+
+def _bug(exc: BaseException, debug: bool) -> int:
+    if debug:
+        import traceback
+
+        traceback.print_exception(exc)
+    print(f"softlabels: internal error (a bug in softlabels, not in your input): "
+          f"{type(exc).__name__}: {_first_line(exc)}; please report it with the command line "
+          f"and the traceback that --debug (or {DEBUG_ENV}=1) prints", file=sys.stderr)
+    return EXIT_BUG
+
+
+def _stdout_gone() -> bool:
+    """Whether stdout is a pipe whose reader has gone (its flush fails, or poll says so)."""
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        return True
+    except (OSError, ValueError):
+        pass
+    try:
+        import select
+
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(ev & select.POLLERR for _, ev in poller.poll(0))
+    except (OSError, ValueError, AttributeError):  # no real file descriptor: cannot tell
+        return False
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:300] if text else "(no message)"
+
+
+def _silence_stdout() -> None:
+    """The reader went away: point stdout at /dev/null so Python's final flush stays quiet."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):  # not a real file (e.g. captured in tests)
+        pass
 
 
 if __name__ == "__main__":

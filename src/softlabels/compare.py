@@ -63,6 +63,7 @@ def run_compare(runs: List[RunConfig], out: Path, *, baseline: Optional[str] = N
     from .engine.runs import method_requires, train_or_reuse
     from .engine.runtime import setup_runtime
     from .pipeline import load_model_from_run
+    from .progress import progress_bar
     from .report.table import aggregate, format_table, write_summary
 
     stream = stream or sys.stdout
@@ -73,7 +74,7 @@ def run_compare(runs: List[RunConfig], out: Path, *, baseline: Optional[str] = N
         raise ConfigError("compare supplies one teacher per seed; methods that need more "
                           "(e.g. long orthogonal ensembles) run through `softlabels pipeline`")
     run_dir_of = {id(c): out / c.method.name.replace("+", "_plus_") / f"seed{c.train.seed}" for c in runs}
-    bar = _progress_bar(show_progress and rt.is_main)
+    bar = progress_bar(show_progress and rt.is_main)
     run_dirs, failure = [], None
     try:
         for i, (cfg, need) in enumerate(zip(runs, needs)):
@@ -114,11 +115,3 @@ def run_compare(runs: List[RunConfig], out: Path, *, baseline: Optional[str] = N
     if failure is not None:
         raise failure
     return result
-
-
-def _progress_bar(enabled: bool):
-    if not enabled:
-        return None
-    from tqdm.auto import tqdm
-
-    return tqdm(total=None, unit="step", dynamic_ncols=True, file=sys.stderr, mininterval=0.5)

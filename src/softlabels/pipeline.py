@@ -154,8 +154,9 @@ def run_pipeline(path: str, out: Path, seeds: List[int], extra_overrides: List[s
     from .engine import Trainer
     from .engine.checkpoint import atomic_write_text
     from .engine.runtime import setup_runtime
+    from .progress import progress_bar
 
-    base, stages = parse_pipeline(load_yaml(path), where=Path(path).name)
+    base, stages = parse_pipeline(load_yaml(path, what="pipeline file"), where=Path(path).name)
     # validate every stage's config before training anything
     plans = {s.name: stage_config(base, s, seeds[0], list(extra_overrides)) for s in stages if s.ensemble is None}
     rt = setup_runtime(next(iter(plans.values())).train.device)
@@ -180,7 +181,7 @@ def run_pipeline(path: str, out: Path, seeds: List[int], extra_overrides: List[s
             k, c = _data_shape(cfg) if st.teachers else (None, None)
             teachers = [resolve_teacher(t, stage_dirs, st.teacher_checkpoint, k, c) for t in st.teachers]
             resume = (run_dir / "checkpoints" / "last.json").is_file()
-            bar = _bar(show_progress and rt.is_main, f"seed {seed} {st.name}")
+            bar = progress_bar(show_progress and rt.is_main, f"seed {seed} {st.name}")
             try:
                 trainer = Trainer(cfg, run_dir, resume=resume, runtime=rt, teachers=teachers, progress=bar)
                 if bar is not None:
@@ -222,13 +223,3 @@ def _brief(result: dict) -> dict:
     brief = {k: v["top1_error"] for k, v in result.items() if isinstance(v, dict) and "top1_error" in v}
     brief["members_top1_error"] = [m["top1_error"] for m in result.get("members", [])]
     return brief
-
-
-def _bar(enabled: bool, desc: str):
-    if not enabled:
-        return None
-    import sys
-
-    from tqdm.auto import tqdm
-
-    return tqdm(total=None, unit="step", dynamic_ncols=True, file=sys.stderr, mininterval=0.5, desc=desc)

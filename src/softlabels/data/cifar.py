@@ -9,7 +9,9 @@ Each batch is a pickled dict: ``b"data"`` an N×3072 uint8 array (1024 red, then
 then 1024 blue values, rows in order), and ``b"labels"`` (CIFAR-10) or ``b"fine_labels"`` /
 ``b"coarse_labels"`` (CIFAR-100). The meta file names the classes (``b"label_names"``,
 ``b"fine_label_names"``, ``b"coarse_label_names"``). Official splits: 50,000 train / 10,000
-test; neither has a validation split. Counts are only checked for consistency.
+test; neither has a validation split. With ``expect_official`` (default) the counts must be the
+official ones (every class trained, 50,000 / 10,000 images), so a partial but well-formed set
+stops with one line; ``expect_official: false`` accepts subsets (the structure is still checked).
 
 Security: unpickling can run arbitrary code, so these files must come from a trusted source
 (the official archive). As a second line of defence they are read with an unpickler that only
@@ -28,6 +30,7 @@ import torch
 from ..errors import DataError
 from ..registry import DATASETS
 from .base import ImageTensors, TensorSplit
+from .fgvc import check_official
 from .files import error_text
 
 # Per-channel mean and (population) std of the training images on the 0..1 scale.
@@ -155,6 +158,17 @@ def _split(batches: List[Tuple[np.ndarray, np.ndarray]], num_classes: int, what:
     return TensorSplit(images, torch.from_numpy(labels))
 
 
+CIFAR_TRAIN, CIFAR_TEST = 50_000, 10_000
+
+
+def _check_counts(what: str, expect: bool, train: TensorSplit, test: TensorSplit, num_classes: int,
+                  where: Path) -> None:
+    found = {"classes": len(torch.unique(train.labels)), "train": len(train.labels),
+             "test": len(test.labels)}
+    official = {"classes": num_classes, "train": CIFAR_TRAIN, "test": CIFAR_TEST}
+    check_official(what, expect, found, official, where)
+
+
 def _locate(root: Optional[str], folder: str, marker: str, what: str, layout: str) -> Path:
     if root is None:
         raise DataError(f"{what}: no data root given (set data.root); expected {layout}")
@@ -173,7 +187,8 @@ def _locate(root: Optional[str], folder: str, marker: str, what: str, layout: st
     "CIFAR-10, 32×32 colour, 10 classes, 50k train / 10k test, official python batches "
     "(cs.toronto.edu/~kriz/cifar.html)",
 )
-def cifar10(root: Optional[str] = None) -> ImageTensors:
+def cifar10(root: Optional[str] = None, expect_official: bool = True) -> ImageTensors:
+    """CIFAR-10; ``expect_official: false`` accepts a subset (see the module docstring)."""
     what = "cifar10"
     folder = _locate(root, "cifar-10-batches-py", "data_batch_1", what, CIFAR10_LAYOUT)
     needed = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch", "batches.meta"]
@@ -185,9 +200,12 @@ def cifar10(root: Optional[str] = None) -> ImageTensors:
     classes = _read_names(folder / "batches.meta", b"label_names", 10, what)
     train = [_read_batch(folder / f"data_batch_{i}", b"labels", what) for i in range(1, 6)]
     test = [_read_batch(folder / "test_batch", b"labels", what)]
+    train_split = _split(train, 10, what, folder)
+    test_split = _split(test, 10, what, folder / "test_batch")
+    _check_counts(what, expect_official, train_split, test_split, 10, folder)
     return ImageTensors(
-        train=_split(train, 10, what, folder),
-        test=_split(test, 10, what, folder / "test_batch"),
+        train=train_split,
+        test=test_split,
         classes=classes,
         mean=CIFAR10_MEAN,
         std=CIFAR10_STD,
@@ -203,9 +221,11 @@ def cifar10(root: Optional[str] = None) -> ImageTensors:
     "python files (cs.toronto.edu/~kriz/cifar.html)",
 )
 def cifar100(
-    root: Optional[str] = None, labels: Literal["fine", "coarse"] = "fine"
+    root: Optional[str] = None, labels: Literal["fine", "coarse"] = "fine",
+    expect_official: bool = True,
 ) -> ImageTensors:
-    """CIFAR-100 with its 100 fine labels (``labels: coarse`` for the 20 superclasses)."""
+    """CIFAR-100 with its 100 fine labels (``labels: coarse`` for the 20 superclasses);
+    ``expect_official: false`` accepts a subset."""
     what = "cifar100"
     folder = _locate(root, "cifar-100-python", "train", what, CIFAR100_LAYOUT)
     missing = [n for n in ("train", "test", "meta") if not (folder / n).is_file()]
@@ -218,9 +238,12 @@ def cifar100(
     classes = _read_names(folder / "meta", f"{labels}_label_names".encode(), count, what)
     train = _read_batch(folder / "train", label_key, what)
     test = _read_batch(folder / "test", label_key, what)
+    train_split = _split([train], count, what, folder / "train")
+    test_split = _split([test], count, what, folder / "test")
+    _check_counts(what, expect_official, train_split, test_split, count, folder)
     return ImageTensors(
-        train=_split([train], count, what, folder / "train"),
-        test=_split([test], count, what, folder / "test"),
+        train=train_split,
+        test=test_split,
         classes=classes,
         mean=CIFAR100_MEAN,
         std=CIFAR100_STD,

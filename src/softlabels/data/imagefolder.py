@@ -1,8 +1,11 @@
 """``imagefolder``: any ``ROOT/{train,val,test}/<class>/<image>`` tree, read file by file.
 
-Class names are the sub-folder names, sorted, and label i is the i-th of them. ``val`` is
-optional (the engine carves a validation split from ``train`` when it is missing); ``train``
-and ``test`` are required, and every split must have the same class folders. Hidden files and
+Class names are the sub-folder names, sorted, and label i is the i-th of them. ``train`` is
+required, and so is ``test``, except that a tree with only ``train`` and ``val`` (as Imagewoof
+and Imagenette are distributed) uses ``val`` as its test split. Otherwise ``val`` is optional
+(the engine carves a validation split from ``train`` when it is missing). Every split must have
+the same class folders, and a class folder without images is refused, naming it (a class that
+never trains, or is never tested), unless ``allow_empty_classes: true``. Hidden files and
 folders (leading ``.``) and files with other extensions are ignored. Images are decoded only
 when loaded (``FileLoader``), so a corrupt file is reported then, naming the file.
 """
@@ -21,8 +24,8 @@ from .files import IMAGENET_MEAN, IMAGENET_STD, FileSplit, ImageFiles, check_fil
 IMAGE_EXTENSIONS = (
     ".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".pbm",
 )
-LAYOUT = "ROOT/{train,test}/<class>/<image> (ROOT/val/<class>/ optional; extensions " + \
-    ",".join(e[1:] for e in IMAGE_EXTENSIONS) + ")"
+LAYOUT = "ROOT/{train,test}/<class>/<image> (ROOT/val/<class>/ optional, and the test split " \
+    "when there is no test/; extensions " + ",".join(e[1:] for e in IMAGE_EXTENSIONS) + ")"
 
 
 def _classes_of(split_dir: Path) -> List[str]:
@@ -36,8 +39,19 @@ def _classes_of(split_dir: Path) -> List[str]:
 
 def _images_of(class_dir: Path) -> List[str]:
     out = []
+    visited = set()  # (device, inode) of every folder walked: one reached twice is read once
+    top = os.path.realpath(class_dir)
     try:
         for dirpath, dirnames, filenames in os.walk(class_dir, followlinks=True):
+            real = os.path.realpath(dirpath)
+            if dirpath != str(class_dir) and (real == top or top.startswith(real.rstrip(os.sep) + os.sep)):
+                raise DataError(f"imagefolder: {dirpath} links back to {real}, which holds it (a "
+                                "symbolic-link cycle); remove the link")
+            st = os.stat(dirpath)
+            if (st.st_dev, st.st_ino) in visited:
+                dirnames[:] = []
+                continue
+            visited.add((st.st_dev, st.st_ino))
             dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
             for f in sorted(filenames):
                 if not f.startswith(".") and f.lower().endswith(IMAGE_EXTENSIONS):
@@ -47,15 +61,25 @@ def _images_of(class_dir: Path) -> List[str]:
     return out
 
 
-def _read_split(split_dir: Path, classes: List[str]) -> FileSplit:
+def _read_split(split_dir: Path, classes: List[str], allow_empty: bool) -> FileSplit:
     paths: List[str] = []
     labels: List[int] = []
+    empty: List[str] = []
     for label, name in enumerate(classes):
         found = _images_of(split_dir / name)
+        if not found:
+            empty.append(name)
         paths += found
         labels += [label] * len(found)
     if not paths:
         raise DataError(f"imagefolder: {split_dir} has no image files; expected {LAYOUT}")
+    if empty and not allow_empty:
+        shown = ", ".join(str(split_dir / n) for n in empty[:3])
+        more = f" and {len(empty) - 3} more" if len(empty) > 3 else ""
+        raise DataError(
+            f"imagefolder: {len(empty)} class folder(s) hold no images: {shown}{more} (a class "
+            f"with no image; set data.options.allow_empty_classes=true to keep them)"
+        )
     return FileSplit(paths, torch.tensor(labels, dtype=torch.long))
 
 
@@ -80,8 +104,9 @@ def _check_same_classes(found: Dict[str, List[str]], root: Path) -> None:
 
 @DATASETS.register(
     "imagefolder",
-    "images in ROOT/{train,val,test}/<class>/ folders (any image-classification set, "
-    "e.g. ImageNet-style trees), decoded per file",
+    "images in ROOT/{train,val,test}/<class>/ folders, or ROOT/{train,val}/ with val as the "
+    "test split (any image-classification set, e.g. ImageNet-style trees, Imagewoof), decoded "
+    "per file",
 )
 def imagefolder(
     root: Optional[str] = None,
@@ -89,26 +114,33 @@ def imagefolder(
     resize: int = 256,
     mean: Tuple[float, float, float] = IMAGENET_MEAN,
     std: Tuple[float, float, float] = IMAGENET_STD,
+    allow_empty_classes: bool = False,
 ) -> ImageFiles:
-    """Read a class-folder tree. ``mean``/``std`` default to ImageNet's (RGB, 0..1 scale)."""
+    """Read a class-folder tree. ``mean``/``std`` default to ImageNet's (RGB, 0..1 scale);
+    ``allow_empty_classes`` accepts class folders without images."""
     check_file_options(image_size, resize, mean, std)
     if root is None:
         raise DataError(f"imagefolder: no data root given; expected {LAYOUT}")
     base = Path(root).expanduser()
     if not base.is_dir():
         raise DataError(f"imagefolder: {base} is not a directory; expected {LAYOUT}")
-    missing = [s for s in ("train", "test") if not (base / s).is_dir()]
+    has = {s: (base / s).is_dir() for s in ("train", "val", "test")}
+    missing = [s for s in ("train", "test") if not has[s] and not (s == "test" and has["val"])]
     if missing:
         raise DataError(
             f"imagefolder: {base} has no {' and no '.join(missing)} folder; expected {LAYOUT}"
         )
-    names = ["train", "test"] + (["val"] if (base / "val").is_dir() else [])
-    found = {name: _classes_of(base / name) for name in names}
+    # folder name → split; with train/ and val/ only, val/ is the test split
+    folders = {"train": "train", "test": "test" if has["test"] else "val"}
+    if has["test"] and has["val"]:
+        folders["val"] = "val"
+    found = {folder: _classes_of(base / folder) for folder in folders.values()}
     if not found["train"]:
         raise DataError(f"imagefolder: {base / 'train'} has no class folders; expected {LAYOUT}")
     _check_same_classes(found, base)
     classes = found["train"]
-    splits = {name: _read_split(base / name, classes) for name in names}
+    splits = {split: _read_split(base / folder, classes, allow_empty_classes)
+              for split, folder in folders.items()}
     return ImageFiles(
         train=splits["train"],
         test=splits["test"],

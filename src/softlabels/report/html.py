@@ -94,12 +94,13 @@ def _fmt(v) -> str:
 
 
 def render_report(paths: Sequence[str], out_html: Path, *, which: str = "best", split: str = "test",
-                  baseline: Optional[str] = None, title: Optional[str] = None) -> Path:
+                  baseline: Optional[str] = None, title: Optional[str] = None,
+                  labels: Optional[Dict[str, str]] = None) -> Path:
     from ..evaluate import plots
     from ..evaluate.robustness import plot_noisy_fit
 
     runs = find_runs(list(paths))
-    rows = aggregate(runs, which=which, split=split, metrics=METRICS)
+    rows = aggregate(runs, which=which, split=split, metrics=METRICS, labels=labels)
     by_label: Dict[str, List[Path]] = {r.label: [Path(d) for d in r.runs] for r in rows}
     analyses = {label: [(d, _analyses_of(d, which, split)) for d in dirs] for label, dirs in by_label.items()}
 

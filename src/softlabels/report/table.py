@@ -7,7 +7,8 @@ A run directory is anything holding a ``final.json`` written by the engine::
      "last": {"epoch": 29, "val": {...metrics...}, "test": {...metrics...}},
      "best": {"epoch": 25, "val": {...}, "test": {...}}}
 
-Runs are grouped by ``run.label`` and each metric is reported as ``mean ± std`` over seeds, the
+Runs are grouped by ``run.label`` (``folder_labels`` relabels runs of several folders whose
+labels collide, ``<folder>/<label>``) and each metric is reported as ``mean ± std`` over seeds, the
 way the papers print their tables. ``std`` is the *sample* standard deviation (ddof = 1, as
 ``statistics.stdev``); a group with a single seed gets ``std = 0``.
 """
@@ -30,6 +31,7 @@ __all__ = [
     "Row",
     "aggregate",
     "find_runs",
+    "folder_labels",
     "format_table",
     "read_final",
     "relative_error_reduction",
@@ -84,6 +86,9 @@ def read_final(path: Union[str, Path]) -> Dict[str, Any]:
         text = path.read_text(encoding="utf-8")
     except OSError as e:
         raise SoftlabelsError(f"{path}: cannot read: {e.strerror or e}") from None
+    except UnicodeDecodeError as e:
+        raise SoftlabelsError(f"{path}: not UTF-8 text (byte {e.start}); not a final.json the "
+                              f"engine wrote") from None
     try:
         data = json.loads(text)
     except json.JSONDecodeError as e:
@@ -139,6 +144,35 @@ def find_runs(paths: Iterable[Union[str, Path]]) -> List[Path]:
     return found
 
 
+def folder_labels(paths: Sequence[Union[str, Path]]) -> Dict[str, str]:
+    """Row labels for reporting several folders side by side: run directory → label.
+
+    A run keeps its ``run.label`` unless runs with that label are found under more than one of
+    ``paths``; then each of them is labelled ``<folder>/<label>``, ``<folder>`` being the given
+    path's name (the path as given when two names are equal). So ``report cmpA cmpB`` shows
+    ``cmpA/ce`` and ``cmpB/ce`` instead of mixing their seeds. Pass the result to
+    ``aggregate(labels=...)``.
+    """
+    owner: Dict[str, tuple] = {}  # run directory → (index of the first path reaching it, label)
+    seen = set()
+    for i, given in enumerate(paths):
+        for d in find_runs([given]):
+            if d.resolve() not in seen:
+                seen.add(d.resolve())
+                owner[str(d)] = (i, _label_of(read_final(d)))
+    names = [Path(given).name or str(given) for given in paths]
+    shown = [n if names.count(n) == 1 else str(Path(g)) for n, g in zip(names, paths)]
+    homes: Dict[str, set] = {}
+    for i, label in owner.values():
+        homes.setdefault(label, set()).add(i)
+    return {key: f"{shown[i]}/{label}" if len(homes[label]) > 1 else label
+            for key, (i, label) in owner.items()}
+
+
+def _label_of(data: Dict[str, Any]) -> str:
+    return data["run"].get("label", data["run"].get("method"))
+
+
 # --------------------------------------------------------------------------- aggregation
 
 
@@ -170,8 +204,12 @@ def aggregate(
     which: str = "best",
     split: str = "test",
     metrics: Sequence[str] = DEFAULT_METRICS,
+    labels: Optional[Dict[str, str]] = None,
 ) -> List[Row]:
     """Group runs by ``run.label`` (first-seen order) and average each metric over seeds.
+
+    ``labels`` (run directory as ``str`` → label, e.g. from ``folder_labels``) replaces
+    ``run.label`` for the runs it names.
 
     ``which`` picks the ``best`` (model selection on val) or ``last`` epoch's numbers and
     ``split`` the split inside it. ``std`` is the sample standard deviation (ddof = 1); a
@@ -190,7 +228,7 @@ def aggregate(
         file = run_dir if run_dir.name == FINAL_NAME and run_dir.is_file() else run_dir / FINAL_NAME
         data = read_final(file)
         run = data["run"]
-        label = run.get("label", run.get("method"))
+        label = (labels or {}).get(str(file.parent), _label_of(data))
         values = {m: _metric_value(data, file, which, split, m) for m in metrics}
         g = groups.get(label)
         if g is None:
@@ -215,7 +253,8 @@ def aggregate(
                 other = g["runs"][g["seeds"].index(run["seed"])]
                 raise SoftlabelsError(
                     f"runs labelled {label!r} repeat seed {run['seed']!r}: {other} and "
-                    f"{file.parent}"
+                    f"{file.parent}; report these folders separately or give the runs "
+                    f"distinct labels (`softlabels report` without --merge labels them by folder)"
                 )
         g["seeds"].append(run["seed"])
         g["runs"].append(str(file.parent))
