@@ -159,10 +159,14 @@ class Trainer:
     def _init_run_dir(self) -> None:
         from .rundir import environment_info
 
+        from .runs import teacher_record
+
         d = self.run_dir
-        (d / "checkpoints").mkdir(parents=True, exist_ok=True)
+        with ckpt.storage(d / "checkpoints"):
+            (d / "checkpoints").mkdir(parents=True, exist_ok=True)
         ckpt.atomic_write_text(d / "config.yaml", dump_yaml(self.cfg))
         env = environment_info(self.rt)
+        env["teachers"] = teacher_record(self.teachers)
         ckpt.atomic_write_text(d / "environment.json", json.dumps(env, indent=1))
         ckpt.atomic_write_text(d / "data.json", json.dumps(self.data.summary(), indent=1))
         if self.data.noisy_index is not None:
@@ -172,7 +176,7 @@ class Trainer:
                      "original": self.data.clean_train_labels[idx].tolist(),
                      "noisy": self.data.train.labels[idx].tolist()}
             ckpt.atomic_write_text(d / "noise.json", json.dumps(noise))
-        (d / "metrics.jsonl").write_text("")
+        ckpt.atomic_write_text(d / "metrics.jsonl", "")
 
     # ------------------------------------------------------------------ the step
     def teacher_outputs(self, batch) -> list:
@@ -309,8 +313,7 @@ class Trainer:
             record["epoch_time_s"] = round(time.time() - t0, 3)
             self.history.append(record)
             if self.run_dir is not None and self.rt.is_main:
-                with open(self.run_dir / "metrics.jsonl", "a") as f:
-                    f.write(json.dumps(record) + "\n")
+                ckpt.append_line(self.run_dir / "metrics.jsonl", json.dumps(record))
                 if (epoch + 1) in cfg.train.snapshot_epochs:
                     ckpt.save_checkpoint(self.run_dir / "checkpoints" / f"epoch{epoch + 1}",
                                          self._model_tensors(), self._model_meta(epoch + 1))
@@ -330,8 +333,10 @@ class Trainer:
         if self.best is None or key < (self.best["val"]["top1_error"], self.best["val"]["nll"]):
             self.best = {"epoch": record["epoch"], "val": record["val"], "test": record["test"]}
             if self.run_dir is not None and self.rt.is_main:
+                # every best generation is kept until `last` of the same epoch is saved (then
+                # pruned), so a resume from an earlier `last` finds the best it recorded
                 ckpt.save_checkpoint(self.run_dir / "checkpoints" / "best", self._model_tensors(),
-                                     self._model_meta(record["epoch"]))
+                                     self._model_meta(record["epoch"]), keep=None)
 
     def _final(self, seconds: float) -> dict:
         evaluated = [r for r in self.history if "test" in r] or []
@@ -348,6 +353,7 @@ class Trainer:
             "run": {"method": c.method.name, "label": c.name or c.method.name, "seed": c.train.seed,
                     "dataset": c.data.name, "model": c.model.name},
             "selection": selection,
+            "best_checkpoint": "best" if self.best is not None else "last",
             "last": last_block,
             "best": best,
             "train_seconds": round(seconds, 2),
@@ -372,19 +378,26 @@ class Trainer:
         meta.update({"optimizer": opt_meta, "schedule": self.schedule.state_dict(), "rng": rng_meta,
                      "best": self.best})
         ckpt.save_checkpoint(self.run_dir / "checkpoints" / "last", tensors, meta)
+        ckpt.prune(self.run_dir / "checkpoints" / "best", keep=1)
 
     def _resume(self) -> None:
         stem = self.run_dir / "checkpoints" / "last"
-        tensors, meta = ckpt.load_checkpoint(stem)
+        tensors, meta = ckpt.load_checkpoint(stem, training=True)
         check_identity(meta, self.cfg, stem)
         load_state(self.model, ckpt.unprefixed("model", tensors), stem, "model")
         load_state(self.objective, ckpt.unprefixed("method", tensors), stem, "method")
-        ckpt.load_optimizer_state(self.optimizer, tensors, meta["optimizer"])
+        ckpt.load_optimizer_state(self.optimizer, tensors, meta["optimizer"], stem)
         self.schedule.load_state_dict(meta["schedule"])
-        ckpt.load_rng_state(self.rt.device, tensors, meta.get("rng", {}))
+        ckpt.load_rng_state(self.rt.device, tensors, meta.get("rng", {}), stem)
         self.start_epoch = int(meta["epoch"])
         self.best = meta.get("best")
         if self.rt.is_main:
+            # what was saved after this checkpoint (a best or snapshot of an epoch about to be
+            # redone) is discarded, so the redone epochs write them again
+            folder = self.run_dir / "checkpoints"
+            for name in ckpt.checkpoint_names(folder):
+                if name != "last":
+                    ckpt.prune(folder / name, keep=1, after_epoch=self.start_epoch)
             kept = [r for r in read_metrics(self.run_dir) if r["epoch"] <= self.start_epoch]
             ckpt.atomic_write_text(self.run_dir / "metrics.jsonl",
                                    "".join(json.dumps(r) + "\n" for r in kept))
