@@ -142,7 +142,7 @@ def cmd_train(args) -> int:
         data = apply_overrides(recorded.to_dict(), _shortcut_overrides(args) + args.overrides)
         cfg = config_from_dict(data)
         validate_registered(cfg)
-        check_same_run(recorded, cfg, rd.path)
+        check_same_run(recorded, cfg, rd.path, rd.done_epochs())
         if rd.state() is RunState.FINISHED and cfg.train.epochs <= recorded.train.epochs:
             print(f"{rd.path} has already finished (final.json exists); nothing to resume "
                   f"(give train.epochs=N above {recorded.train.epochs} to extend it)")

@@ -102,7 +102,10 @@ def run_compare(runs: List[RunConfig], out: Path, *, baseline: Optional[str] = N
 
     stream = stream or sys.stdout
     rt = setup_runtime(runs[0].train.device)
-    out.mkdir(parents=True, exist_ok=True)
+    from .engine.checkpoint import storage
+
+    with storage(out):
+        out.mkdir(parents=True, exist_ok=True)
     needs = [max(r.teachers, 1 if r.uses_teachers else 0) for r in map(method_requires, runs)]
     if max(needs) > 1:
         raise ConfigError("compare supplies one teacher per seed; methods that need more "

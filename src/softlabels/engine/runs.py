@@ -380,10 +380,12 @@ class RunDir:
         try:
             with lock, stop_on_signals():
                 return self._train(cfg, rt, teachers, progress, progress_offset, progress_total_runs, mode, say)
-        except Interrupted as exc:
+        except KeyboardInterrupt as exc:
+            if not isinstance(exc, Interrupted):
+                exc = Interrupted()
             if exc.run_dir is None:
                 exc.run_dir = self.path
-            raise
+            raise exc from None
 
     def _train(self, cfg, rt, teachers, progress, progress_offset, progress_total_runs, mode, say) -> dict:
         from .trainer import Trainer
