@@ -324,10 +324,21 @@ COMMANDS = {"train": cmd_train, "compare": cmd_compare, "pipeline": cmd_pipeline
             "bench": cmd_bench, "list": cmd_list}
 
 
+TRAINING_COMMANDS = ("train", "compare", "pipeline", "study")
+
+
 def main(argv: Optional[List[str]] = None) -> int:
+    import contextlib
+
     args = build_parser().parse_args(argv)
     try:
-        return COMMANDS[args.command](args)
+        guard = contextlib.nullcontext()
+        if args.command in TRAINING_COMMANDS:  # SIGTERM ends like Ctrl-C: one line, saves never cut
+            from .engine.runtime import stop_on_signals
+
+            guard = stop_on_signals()
+        with guard:
+            return COMMANDS[args.command](args)
     except SoftlabelsError as exc:
         from .engine.runtime import dist_rank
 

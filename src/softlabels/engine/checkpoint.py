@@ -100,7 +100,7 @@ def _unlink(p: Path) -> None:
 # ---------------------------------------------------------------------------------- generations
 def generations(stem: Path) -> Dict[int, Dict[str, Path]]:
     """Every generation of checkpoint ``stem`` on disk, complete or not: {gen: {ext: path}}
-    (``ext`` is ``safetensors``, ``json`` or ``tmp``)."""
+    (``ext`` is ``safetensors``, ``json``, ``tmp.safetensors`` or ``tmp.json``)."""
     stem = Path(stem)
     found: Dict[int, Dict[str, Path]] = {}
     if not stem.parent.is_dir():
@@ -108,7 +108,7 @@ def generations(stem: Path) -> Dict[int, Dict[str, Path]]:
     for p in stem.parent.iterdir():
         m = _GEN.match(p.name)
         if m and m["name"] == stem.name:
-            found.setdefault(int(m["gen"]), {})["tmp" if m["tmp"] else m["ext"]] = p
+            found.setdefault(int(m["gen"]), {})[f"tmp.{m['ext']}" if m["tmp"] else m["ext"]] = p
     legacy = {ext: stem.with_name(f"{stem.name}.{ext}") for ext in ("safetensors", "json")}
     legacy = {k: v for k, v in legacy.items() if v.is_file()}
     if legacy:

@@ -173,7 +173,7 @@ def _flat(d: Any, prefix: str = "") -> Dict[str, Any]:
         out: Dict[str, Any] = {}
         for k, v in d.items():
             out.update(_flat(v, f"{prefix}{k}."))
-        return out or {prefix[:-1]: {}}
+        return out
     return {prefix[:-1]: d}
 
 
@@ -363,6 +363,24 @@ class RunDir:
                 if p.suffix in (".safetensors", ".json", ".tmp") and p.is_file():
                     p.unlink()
 
+    def _check_same_teachers(self, teachers: Sequence) -> None:
+        """A run continues only with the teachers it was started with (same file contents)."""
+        try:
+            recorded = json.loads((self.path / "environment.json").read_text()).get("teachers")
+        except (OSError, ValueError, AttributeError):
+            return
+        if not isinstance(recorded, list):
+            return
+        now = teacher_record(teachers)
+        if len(recorded) != len(now):
+            raise ConfigError(f"run {self.path} was taught by {len(recorded)} teacher(s); "
+                              f"continuing it with {len(now)} would make it another run")
+        for i, (a, b) in enumerate(zip(recorded, now)):
+            if isinstance(a, dict) and a.get("sha256") and b.get("sha256") and a["sha256"] != b["sha256"]:
+                raise ConfigError(f"teacher {i + 1} of run {self.path} was {a.get('file') or a.get('weights')} "
+                                  f"(sha256 {a['sha256'][:12]}…); now it is {b.get('file') or b.get('weights')} "
+                                  f"(sha256 {b['sha256'][:12]}…): the teacher changed, so this would be another run")
+
     def train(self, cfg: RunConfig, rt, *, teachers: Sequence = (), progress=None, progress_offset: int = 0,
               progress_total_runs: int = 1, mode: str = "reuse", say: Callable[[str], None] = _say) -> dict:
         """Train, resume or reuse this run; returns its final.json content. The one resume path.
@@ -411,6 +429,8 @@ class RunDir:
         if state in (RunState.FINISHED, RunState.RESUMABLE):
             recorded = self.config()
             check_same_run(recorded, cfg, self.path, self.done_epochs())
+            if state is RunState.RESUMABLE or cfg.train.epochs > recorded.train.epochs:
+                self._check_same_teachers(teachers)
             if state is RunState.FINISHED:
                 final = self.results()
                 if cfg.train.epochs <= recorded.train.epochs:
