@@ -27,7 +27,7 @@ from softlabels.engine import Trainer
 from softlabels.engine import checkpoint as ckpt
 from softlabels.engine.runs import RunDir, RunLock, RunState, load_model_from_run, train_or_reuse
 from softlabels.engine.runtime import setup_runtime
-from softlabels.errors import CheckpointError, ConfigError, RunLockedError, StorageError
+from softlabels.errors import CheckpointError, ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--dataset", "synthetic", "--model", "lenet5", "--no-progress", "data.options.train_size=128",
@@ -224,6 +224,7 @@ def test_a_second_process_stops_naming_the_owner(tmp_path, capsys):
     run = tmp_path / "r"
     holder = _holder(run)
     try:
+        assert RunLock(run).owner()["pid"] == holder.pid
         assert main(["train", *TINY, "--epochs", "1", "--out", str(run)]) == 1
         err = _err_lines(capsys.readouterr().err)
         assert len(err) == 1 and f"PID {holder.pid} on {socket.gethostname()} since" in err[0]
@@ -254,6 +255,7 @@ def test_a_stale_lock_of_a_dead_process_is_taken_over(tmp_path):
     run.mkdir()
     (run / ".lock").write_text(json.dumps({"pid": dead.pid, "host": socket.gethostname(),
                                            "started": "2026-11-29T10:00:00+00:00", "command": "softlabels train"}))
+    assert RunLock(run).owner() is None
     with RunLock(run) as lock:
         info = lock.read()
         assert info["pid"] == os.getpid() and info["host"] == socket.gethostname() and info["started"]

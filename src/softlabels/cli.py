@@ -131,7 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_train(args) -> int:
-    from .config import apply_overrides, build_config, config_from_dict, load_yaml, validate_registered
+    from .config import apply_overrides, build_config, config_from_dict, validate_registered
     from .engine.rundir import default_run_dir
     from .engine.runs import RunDir, RunState, check_same_run, progress_bar
     from .engine.runtime import setup_runtime, teardown_runtime
@@ -340,22 +340,30 @@ def main(argv: Optional[List[str]] = None) -> int:
         with guard:
             return COMMANDS[args.command](args)
     except SoftlabelsError as exc:
-        from .engine.runtime import dist_rank
-
-        rank = dist_rank()
+        rank = _rank()
         print(f"softlabels: error: {'' if rank is None else f'rank {rank}: '}{exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt as exc:
         return _interrupted(exc)
     except Exception as exc:  # noqa: BLE001  (only the process group's own failures, one line per rank)
-        from .engine.runtime import dist_rank, is_dist_failure
+        if _rank() is None:
+            raise
+        from .engine.runtime import is_dist_failure
 
         if not is_dist_failure(exc):
             raise
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-        print(f"softlabels: error: rank {dist_rank()}: stopped: another rank failed or the process group "
+        print(f"softlabels: error: rank {_rank()}: stopped: another rank failed or the process group "
               f"broke ({first})", file=sys.stderr)
         return 1
+
+
+def _rank() -> Optional[str]:
+    """This process's rank when it is one of several (torchrun sets WORLD_SIZE and RANK)."""
+    import os
+
+    world = os.environ.get("WORLD_SIZE", "1")
+    return os.environ.get("RANK") if world.isdigit() and int(world) > 1 else None
 
 
 def _interrupted(exc: KeyboardInterrupt) -> int:

@@ -29,6 +29,7 @@ import json
 import os
 import socket
 import sys
+import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -96,6 +97,30 @@ class RunLock:
             return None
         return info if isinstance(info, dict) else None
 
+    def owner(self) -> Optional[dict]:
+        """The owner's record when another live process holds the lock, else None (a check that
+        takes nothing: for schedulers that skip runs in use instead of stopping)."""
+        import fcntl
+
+        if os.path.realpath(self.path) in _HELD:
+            return None
+        try:
+            fd = os.open(self.path, os.O_RDONLY)
+        except OSError:
+            return None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return self.read() or {}
+        except OSError:
+            info = self.read()
+            alive = info and info.get("host") == socket.gethostname() and isinstance(info.get("pid"), int) \
+                and _pid_alive(info["pid"])
+            return info if alive else None
+        finally:
+            os.close(fd)
+        return None
+
     def acquire(self) -> None:
         import fcntl
 
@@ -109,7 +134,14 @@ class RunLock:
             with ckpt.storage(self.path):
                 fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                for wait in (0.05, 0.1, 0.2, None):  # owner() of another process holds it for an instant
+                    try:
+                        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                        break
+                    except BlockingIOError:
+                        if wait is None:
+                            raise
+                        time.sleep(wait)
             except BlockingIOError:
                 os.close(fd)
                 info = self.read() or {}

@@ -8,7 +8,6 @@ import random
 import signal
 import threading
 from dataclasses import dataclass
-from typing import Optional
 
 import torch
 import torch.distributed as dist
@@ -73,20 +72,13 @@ def dist_timeout_s() -> float:
     return value
 
 
-def dist_rank() -> Optional[int]:
-    """This process's rank when it is one of several (torchrun), else None."""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank()
-    return int(os.environ["RANK"]) if int(os.environ.get("WORLD_SIZE", "1")) > 1 and "RANK" in os.environ else None
-
-
 def is_dist_failure(exc: BaseException) -> bool:
     """An error of the process group itself (a peer died, a collective timed out)."""
     dist_error = getattr(dist, "DistError", None)
     if dist_error is not None and isinstance(exc, dist_error):
         return True
     text = str(exc)
-    return isinstance(exc, RuntimeError) and dist_rank() is not None and any(
+    return isinstance(exc, RuntimeError) and any(
         k in text for k in ("Gloo", "gloo", "NCCL", "Connection closed", "Connection reset", "timed out", "Timed out"))
 
 
