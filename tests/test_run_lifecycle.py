@@ -517,3 +517,24 @@ def test_eval_without_validation_split_uses_the_checkpoint_final_json_names(tmp_
     capsys.readouterr()
     assert main(["eval", str(run), "--checkpoint", "epoch7"]) == 1
     assert "available: last" in capsys.readouterr().err
+
+
+def test_a_weights_file_teacher_keeps_the_stage_model_options(tmp_path):
+    """{weights: FILE, model: NAME} without options: the options follow the stage's model."""
+    from safetensors.torch import save_file
+
+    from softlabels.config import ModelConfig
+    from softlabels.engine.runs import load_teacher, teacher_model_options
+    from softlabels.models import build_model
+
+    model = build_model("resnet8", 10, 1, {"shortcut": "A"})
+    weights = tmp_path / "t.safetensors"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(weights))
+    student = ModelConfig(name="resnet8", options={"shortcut": "A"})
+    teacher = load_teacher({"weights": str(weights), "model": "resnet8"}, num_classes=10, in_channels=1,
+                           student=student)
+    assert teacher.softlabels_source["model"] == {"name": "resnet8", "options": {"shortcut": "A"}}
+    assert teacher.softlabels_source["sha256"] == ckpt_sha(weights)
+    assert teacher_model_options(student, "resnet20") == {"shortcut": "A"}
+    assert teacher_model_options(student, "lenet5") == {}
+    assert teacher_model_options(student, "resnet20", {"shortcut": "B"}) == {"shortcut": "B"}

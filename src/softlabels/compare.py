@@ -68,15 +68,9 @@ def teacher_config(cfg: RunConfig, method: str, model: Optional[str], overrides:
     data = dataclasses.replace(cfg, name="teacher").to_dict()
     data["method"] = {"name": method}
     if model not in (None, cfg.model.name):
-        import inspect
+        from .engine.runs import teacher_model_options
 
-        from . import models as _models  # noqa: F401  (registration)
-        from .registry import MODELS
-
-        params = inspect.signature(MODELS.get(model).factory).parameters.values()
-        accepted = None if any(p.kind is p.VAR_KEYWORD for p in params) else {p.name for p in params}
-        data["model"] = {"name": model, "options": {k: v for k, v in cfg.model.options.items()
-                                                    if accepted is None or k in accepted}}
+        data["model"] = {"name": model, "options": teacher_model_options(cfg.model, model)}
     tcfg = config_from_dict(apply_overrides(data, list(overrides)))
     validate_registered(tcfg)
     return tcfg

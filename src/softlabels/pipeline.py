@@ -126,13 +126,16 @@ def stage_config(base: dict, stage: Stage, seed: int, extra_overrides: List[str]
     return cfg
 
 
-def resolve_teacher(spec, stage_dirs: Dict[str, Path], checkpoint: str, num_classes: int, in_channels: int):
-    """A stage name (that stage's run), ``{run: DIR}`` or a weights file with its model config."""
+def resolve_teacher(spec, stage_dirs: Dict[str, Path], checkpoint: str, num_classes: int, in_channels: int,
+                    student=None):
+    """A stage name (that stage's run), ``{run: DIR}`` or a weights file with its model config
+    (options it does not give follow the ``student``'s ModelConfig, see runs.teacher_model_options)."""
     from .engine.runs import RunDir, load_teacher
 
     if isinstance(spec, str):
         return RunDir(stage_dirs[spec]).load_model(checkpoint, num_classes=num_classes)
-    return load_teacher(spec, checkpoint=checkpoint, num_classes=num_classes, in_channels=in_channels)
+    return load_teacher(spec, checkpoint=checkpoint, num_classes=num_classes, in_channels=in_channels,
+                        student=student)
 
 
 def _data_shape(cfg):
@@ -187,7 +190,7 @@ def run_pipeline(path: str, out: Path, seeds: List[int], extra_overrides: List[s
             teachers = []
             if st.teachers and not done:  # a finished stage needs neither its teachers nor the data
                 k, c = _data_shape(cfg)
-                teachers = [resolve_teacher(t, stage_dirs, st.teacher_checkpoint, k, c) for t in st.teachers]
+                teachers = [resolve_teacher(t, stage_dirs, st.teacher_checkpoint, k, c, cfg.model) for t in st.teachers]
             bar = progress_bar(show_progress and rt.is_main and not done, f"seed {seed} {st.name}")
             try:
                 results[st.name] = rd.train(cfg, rt, teachers=teachers, progress=bar)

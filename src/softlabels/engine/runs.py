@@ -490,11 +490,30 @@ class RunDir:
 
 
 # ------------------------------------------------------------------------------------ teachers
+def teacher_model_options(student, name: Optional[str], options: Optional[dict] = None) -> dict:
+    """The one rule for a teacher's model options: the student's model options (same model), or
+    those of them the other model accepts (``stem: cifar`` stays a CIFAR stem), then the
+    teacher's own ``options`` over them. ``student``: the student's ModelConfig."""
+    import inspect
+
+    from .. import models as _models  # noqa: F401  (registration)
+    from ..registry import MODELS
+
+    inherited = dict(student.options) if student is not None else {}
+    if student is not None and name not in (None, student.name):
+        params = inspect.signature(MODELS.get(name).factory).parameters.values()
+        if not any(p.kind is p.VAR_KEYWORD for p in params):
+            accepted = {p.name for p in params} - {"num_classes", "in_channels"}
+            inherited = {k: v for k, v in inherited.items() if k in accepted}
+    return {**inherited, **(options or {})}
+
+
 def load_teacher(spec, *, checkpoint: str = "best", num_classes: Optional[int] = None,
-                 in_channels: Optional[int] = None, where: str = "teacher"):
+                 in_channels: Optional[int] = None, student=None, where: str = "teacher"):
     """A frozen teacher from ``{run: DIR, checkpoint: NAME}`` or from a weights file with its full
-    model config: ``{weights: FILE, model: NAME | {name, options}, options: {...}}``. The model
-    carries ``softlabels_source`` (path and sha256) for the student's environment.json."""
+    model config: ``{weights: FILE, model: NAME | {name, options}, options: {...}}`` (options
+    not given follow :func:`teacher_model_options` from the ``student``'s ModelConfig). The
+    model carries ``softlabels_source`` (path and sha256) for the student's environment.json."""
     from ..models import build_model
 
     if isinstance(spec, dict) and "run" in spec:
@@ -504,9 +523,10 @@ def load_teacher(spec, *, checkpoint: str = "best", num_classes: Optional[int] =
         if isinstance(model_spec, dict):
             if set(model_spec) - {"name", "options"} or "name" not in model_spec:
                 raise ConfigError(f"{where}.model: expected a model name or {{name: NAME, options: {{...}}}}")
-            name, options = model_spec["name"], {**(model_spec.get("options") or {}), **(spec.get("options") or {})}
+            name, own = model_spec["name"], {**(model_spec.get("options") or {}), **(spec.get("options") or {})}
         else:
-            name, options = str(model_spec), dict(spec.get("options") or {})
+            name, own = str(model_spec), dict(spec.get("options") or {})
+        options = teacher_model_options(student, name, own)
         if num_classes is None or in_channels is None:
             raise ConfigError(f"{where}: a teacher from a weights file needs the dataset's classes and channels")
         model = build_model(name, num_classes, in_channels, options, spec["weights"]).eval()
