@@ -475,10 +475,10 @@ class RunDir:
 
                 ckpt.atomic_write_text(self.config_path, dump_yaml(cfg))
         if state is RunState.INTERRUPTED:
-            if rt.is_main:
-                say(f"{self.path}: no checkpoint yet (stopped during its first epoch); starting it from the beginning")
-                self.reset()
+            say(f"{self.path}: no checkpoint yet (stopped during its first epoch); starting it from the beginning")
         resume = state in (RunState.FINISHED, RunState.RESUMABLE)
+        if not resume and rt.is_main:
+            self.reset()  # nothing of an earlier attempt (a stale best, snapshots) may survive a fresh start
         trainer = Trainer(cfg, self.path, resume=resume, runtime=rt, teachers=teachers, progress=progress)
         if progress is not None:
             per_run = cfg.train.epochs * len(trainer.train_loader)
