@@ -36,6 +36,7 @@ from typing import Any, Dict, List, Optional
 
 
 from .config import _deepcopy, _merge, apply_overrides, config_from_dict, load_yaml, validate_registered
+from .engine.runs import load_model_from_run  # noqa: F401  (moved to the run manager; still importable here)
 from .errors import ConfigError
 
 STAGE_KEYS = {"name", "config", "overrides", "teachers", "teacher_checkpoint", "sequence", "ensemble",
