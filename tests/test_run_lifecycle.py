@@ -228,6 +228,10 @@ def test_a_second_process_stops_naming_the_owner(tmp_path, capsys):
         assert main(["train", *TINY, "--epochs", "1", "--out", str(run)]) == 1
         err = _err_lines(capsys.readouterr().err)
         assert len(err) == 1 and f"PID {holder.pid} on {socket.gethostname()} since" in err[0]
+        (run / "config.yaml").write_text("{}")  # a run in progress there: the owner is still what is named
+        assert main(["train", *TINY, "--epochs", "1", "--out", str(run)]) == 1
+        assert f"PID {holder.pid}" in capsys.readouterr().err
+        (run / "config.yaml").unlink()
     finally:
         holder.kill()
         holder.wait()

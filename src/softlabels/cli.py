@@ -151,8 +151,7 @@ def cmd_train(args) -> int:
         cfg = build_config(args.config, _shortcut_overrides(args) + args.overrides)
         name = f"{cfg.data.name}-{cfg.model.name}-{cfg.method.name.replace('+', '_plus_')}-s{cfg.train.seed}"
         rd = RunDir(Path(args.out) if args.out else default_run_dir(cfg.out_dir, name))
-        if rd.state() is not RunState.NEW:
-            raise ConfigError(f"--out {rd.path}: a run already exists there; use --resume {rd.path} to continue it")
+        # an existing run there is refused by rd.train(mode="new"), after the owner check of its lock
     rt = setup_runtime(cfg.train.device)
     bar = progress_bar(not args.no_progress and rt.is_main, cfg.method.name)
     try:

@@ -388,12 +388,16 @@ class RunDir:
     def reset(self) -> None:
         """Remove what a run wrote (a restart from the beginning); other files are left alone."""
         for n in RUN_FILES:
-            with contextlib.suppress(FileNotFoundError):
-                (self.path / n).unlink()
+            self._remove(self.path / n)
         if self.checkpoints.is_dir():
             for p in self.checkpoints.iterdir():
                 if p.suffix in (".safetensors", ".json", ".tmp") and p.is_file():
-                    p.unlink()
+                    self._remove(p)
+
+    @staticmethod
+    def _remove(p: Path) -> None:
+        with ckpt.storage(p), contextlib.suppress(FileNotFoundError):
+            p.unlink()
 
     def _check_same_teachers(self, teachers: Sequence) -> None:
         """A run continues only with the teachers it was started with (same file contents)."""
@@ -442,22 +446,21 @@ class RunDir:
 
         state = self.state()
         if mode == "new" and state is not RunState.NEW:
-            raise ConfigError(f"--out {self.path}: a run already exists there ({state.value}); "
-                              f"use --resume {self.path} to continue it")
+            raise ConfigError(f"--out {self.path}: a run already exists there; use --resume {self.path} to continue it")
         if mode == "resume" and state is RunState.NEW:
             raise ConfigError(f"--resume {self.path}: no config.yaml there; not a run directory")
         if state is RunState.TORN:
-            with contextlib.suppress(SoftlabelsError):
+            try:
                 self.config()
+            except SoftlabelsError:  # even config.yaml is unreadable: start over
+                say(f"{self.path}: config.yaml is damaged; redoing the run from the beginning")
+                state = RunState.INTERRUPTED
+            else:
                 if rt.is_main:
-                    with contextlib.suppress(FileNotFoundError):
-                        self.final_path.unlink()
+                    self._remove(self.final_path)
                 state = RunState.RESUMABLE if ckpt.exists(self.checkpoint_stem("last")) else RunState.INTERRUPTED
                 say(f"{self.path}: final.json was torn; redoing the run from its last checkpoint"
                     if state is RunState.RESUMABLE else f"{self.path}: torn; redoing it from the beginning")
-            if state is RunState.TORN:  # even config.yaml is unreadable: start over
-                say(f"{self.path}: config.yaml is damaged; redoing the run from the beginning")
-                state = RunState.INTERRUPTED
         if state in (RunState.FINISHED, RunState.RESUMABLE):
             recorded = self.config()
             check_same_run(recorded, cfg, self.path, self.done_epochs())
@@ -469,7 +472,7 @@ class RunDir:
                     return final
                 say(f"{self.path}: extending the finished run from {recorded.train.epochs} to {cfg.train.epochs} epochs")
                 if rt.is_main:
-                    self.final_path.unlink()
+                    self._remove(self.final_path)
             if rt.is_main and config_changes(recorded, cfg):  # allowed changes: the record follows
                 from ..config import dump_yaml
 
