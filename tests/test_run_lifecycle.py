@@ -541,3 +541,23 @@ def test_a_weights_file_teacher_keeps_the_stage_model_options(tmp_path):
     assert teacher_model_options(student, "resnet20") == {"shortcut": "A"}
     assert teacher_model_options(student, "lenet5") == {}
     assert teacher_model_options(student, "resnet20", {"shortcut": "B"}) == {"shortcut": "B"}
+
+
+def test_a_run_killed_between_the_renames_of_a_save_resumes_to_the_same_result(tmp_path, capsys, monkeypatch):
+    args = ["train", *TINY, "--epochs", "3", "train.deterministic=true"]
+    assert main([*args, "--out", str(tmp_path / "full")]) == 0
+    real = os.replace
+
+    def kill_at_epoch2_sidecar(a, b):
+        if str(b).endswith("last.g000002.json"):  # tensors of epoch 2 renamed, sidecar not yet
+            raise KeyboardInterrupt
+        return real(a, b)
+
+    monkeypatch.setattr(ckpt.os, "replace", kill_at_epoch2_sidecar)
+    cut = tmp_path / "cut"
+    assert main([*args, "--out", str(cut)]) == 130
+    monkeypatch.undo()
+    assert ckpt.load_checkpoint(cut / "checkpoints" / "last")[1]["epoch"] == 1
+    assert main(["train", "--resume", str(cut), "--no-progress"]) == 0
+    a, b = (json.loads((d / "final.json").read_text()) for d in (tmp_path / "full", cut))
+    assert a["last"] == b["last"] and a["best"] == b["best"]
