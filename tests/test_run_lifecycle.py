@@ -561,3 +561,26 @@ def test_a_run_killed_between_the_renames_of_a_save_resumes_to_the_same_result(t
     assert main(["train", "--resume", str(cut), "--no-progress"]) == 0
     a, b = (json.loads((d / "final.json").read_text()) for d in (tmp_path / "full", cut))
     assert a["last"] == b["last"] and a["best"] == b["best"]
+
+
+def test_pipeline_redoes_a_torn_stage_and_a_torn_ensemble(tmp_path, capsys):
+    p = tmp_path / "p.yaml"
+    base = {"data": {"name": "synthetic", "options": {"train_size": 128, "test_size": 32}, "batch_size": 32},
+            "model": {"name": "lenet5"}, "train": {"epochs": 1, "threads": 1}}
+    p.write_text(yaml.safe_dump({"base": base, "stages": [
+        {"name": "a", "config": {"method": {"name": "ce"}}},
+        {"name": "b", "config": {"method": {"name": "ce"}}, "seed_offset": 1},
+        {"name": "ens", "ensemble": ["a", "b"]}]}))
+    out = tmp_path / "o"
+    assert main(["pipeline", str(p), "--out", str(out), "--no-progress"]) == 0
+    first = json.loads((out / "seed0" / "ens" / "ensemble.json").read_text())
+    (out / "seed0" / "b" / "final.json").write_text('{"last": ')
+    (out / "seed0" / "ens" / "ensemble.json").write_text('{"stages": ["a", ')
+    capsys.readouterr()
+    assert main(["pipeline", str(p), "--out", str(out), "--no-progress"]) == 0
+    assert "torn" in capsys.readouterr().err
+    assert RunDir(out / "seed0" / "b").state() is RunState.FINISHED
+    again = json.loads((out / "seed0" / "ens" / "ensemble.json").read_text())
+    assert again["members"] == first["members"]
+    a, b = (yaml.safe_load((out / "seed0" / s / "config.yaml").read_text())["train"]["seed"] for s in "ab")
+    assert (a, b) == (0, 1000)
