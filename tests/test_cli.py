@@ -28,8 +28,13 @@ def test_compare_prints_table_and_reuses_finished_runs(tmp_path, capsys):
     summary = json.loads((out / "summary.json").read_text())
     assert [r["label"] for r in summary["rows"]] == ["ce", "ols"]
     stamp = (out / "ce" / "seed0" / "final.json").stat().st_mtime_ns
-    assert main(["compare", "--dataset", "digits", "--methods", "ce,ols", "--seeds", "2", "--out", str(out), *FAST]) == 0
+    assert main(["compare", "--dataset", "digits", "--methods", "ce,ols", "--seeds", "2", "--out", str(out), *FAST,
+                 "ols:method.options.alpha=0.3"]) == 0
     assert (out / "ce" / "seed0" / "final.json").stat().st_mtime_ns == stamp  # not retrained
+    # the same folder with another setting would mix two experiments: refused, naming the key
+    capsys.readouterr()
+    assert main(["compare", "--dataset", "digits", "--methods", "ce,ols", "--seeds", "2", "--out", str(out), *FAST]) == 2
+    assert "method.options.alpha" in capsys.readouterr().err
 
     capsys.readouterr()
     assert main(["report", str(out), "--markdown", "--baseline", "ce"]) == 0

@@ -26,9 +26,12 @@ def test_digits_end_to_end_beats_90_percent(tmp_path):
     best = final["best"]
     assert rows[best["epoch"]]["test"] == best["test"]
     assert min(r["val"]["top1_error"] for r in rows.values()) == best["val"]["top1_error"]
-    for name in ("config.yaml", "environment.json", "final.json", "metrics.jsonl", "data.json",
-                 "checkpoints/last.safetensors", "checkpoints/last.json", "checkpoints/best.safetensors"):
+    for name in ("config.yaml", "environment.json", "final.json", "metrics.jsonl", "data.json"):
         assert (tmp_path / "run" / name).is_file(), name
+    # one complete generation of each checkpoint is kept
+    assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir() if p.suffix != ".tmp") == [
+        f"{n}.g{g:06d}.{e}" for n, g in (("best", ckpt.complete_generations(tmp_path / "run" / "checkpoints" / "best")[0]),
+                                         ("last", 12)) for e in ("json", "safetensors")]
     env = json.loads((tmp_path / "run" / "environment.json").read_text())
     assert env["torch"] == torch.__version__ and "git" in env
 
@@ -83,18 +86,23 @@ def test_resume_refuses_checkpoint_of_another_model(tmp_path):
 def test_corrupt_checkpoint_is_one_line_error(tmp_path):
     cfg = build_config(None, ["data.name=digits", "model.name=resnet8", "train.epochs=1"])
     Trainer(cfg, tmp_path / "r").fit()
-    st = tmp_path / "r" / "checkpoints" / "last.safetensors"
+    st = tmp_path / "r" / "checkpoints" / "last.g000001.safetensors"
     st.write_bytes(st.read_bytes()[:100])
     with pytest.raises(CheckpointError) as info:
         ckpt.load_checkpoint(tmp_path / "r" / "checkpoints" / "last")
-    assert "\n" not in str(info.value) and "last.safetensors" in str(info.value)
+    assert "\n" not in str(info.value) and "last.g000001.safetensors" in str(info.value)
 
 
-def test_torn_checkpoint_pair_detected(tmp_path):
-    ckpt.save_checkpoint(tmp_path / "a", {"x": torch.ones(2)}, {"epoch": 1})
-    first_json = (tmp_path / "a.json").read_text()
-    ckpt.save_checkpoint(tmp_path / "a", {"x": torch.zeros(2)}, {"epoch": 2})
-    (tmp_path / "a.json").write_text(first_json)
+META = {"epoch": 1, "num_classes": 2, "in_channels": 1,
+        "identity": {"model": "m", "model_options": {}, "dataset": "d", "method": "ce"}}
+
+
+def test_mixed_checkpoint_pair_detected(tmp_path):
+    """A sidecar of one save beside the tensors of another (copied by hand) is refused."""
+    ckpt.save_checkpoint(tmp_path / "a", {"x": torch.ones(2)}, META)
+    first_json = (tmp_path / "a.g000001.json").read_text()
+    ckpt.save_checkpoint(tmp_path / "a", {"x": torch.zeros(2)}, {**META, "epoch": 2})
+    (tmp_path / "a.g000002.json").write_text(first_json)
     with pytest.raises(CheckpointError, match="different saves"):
         ckpt.load_checkpoint(tmp_path / "a")
 

@@ -91,7 +91,7 @@ def test_compare_trains_one_teacher_per_seed_and_reuses_the_ce_run(tmp_path, cap
 def test_teachers_from_a_run_directory_and_from_a_weights_file(tmp_path, capsys):
     from safetensors.torch import save_file
 
-    from softlabels.pipeline import load_model_from_run
+    from softlabels.engine.runs import load_model_from_run
 
     teacher_run = tmp_path / "teacher"
     assert main(["train", "--dataset", "digits", "--epochs", "1", "--no-progress", "--out", str(teacher_run)]) == 0

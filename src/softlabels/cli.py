@@ -109,7 +109,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="report the epoch chosen on validation (best, default) or the last epoch")
     p.add_argument("--teacher", default="ce",
                    help="method of the teacher run that teacher-based methods get, once per seed (default ce)")
-    p.add_argument("--teacher-model", help="model of that teacher run (default: the students' model)")
+    p.add_argument("--teacher-model", help="model of that teacher run (default: the students' model; another model "
+                   "keeps the students' model options it accepts); teacher:KEY=VALUE overrides set the teacher's "
+                   "own, e.g. teacher:model.options.stem=cifar teacher:model.weights=FILE")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     p = sub.add_parser("pipeline", help="run named stages in order (teacher → student, baseline → FocusNet, "
@@ -126,7 +128,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="evaluate a run's checkpoint on a split; with --analyses, the papers' analyses",
                        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=_analyses_epilog())
     p.add_argument("run_dir", help="a run directory written by train, compare or pipeline")
-    p.add_argument("--checkpoint", default="best", help="best (default), last, or epochN for a snapshot")
+    p.add_argument("--checkpoint", default=None, help="best (default: the checkpoint final.json names as best, "
+                   "last for a run without a validation split), last, or epochN for a snapshot")
     p.add_argument("--split", choices=["test", "val"], default="test")
     p.add_argument("--device", default=None, help="auto, cpu, cuda or cuda:N")
     p.add_argument("--analyses", nargs="?", const="default", metavar="A,B,...",
@@ -193,42 +196,36 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
 
 
 def cmd_train(args) -> int:
-    from .config import build_config, config_from_dict, load_yaml, validate_registered, apply_overrides
-    from .engine import Trainer
+    from .config import apply_overrides, build_config, config_from_dict, validate_registered
     from .engine.rundir import default_run_dir
+    from .engine.runs import RunDir, RunState, check_same_run, progress_bar
     from .engine.runtime import setup_runtime, teardown_runtime
-    from .progress import progress_bar
 
     if args.resume:
-        run_dir = Path(args.resume)
-        if not (run_dir / "config.yaml").is_file():
-            raise ConfigError(f"--resume {run_dir}: no config.yaml there; not a run directory")
-        if (run_dir / "final.json").is_file():
-            print(f"{run_dir} has already finished (final.json exists); nothing to resume")
-            return 0
-        data = apply_overrides(load_yaml(str(run_dir / "config.yaml")), _shortcut_overrides(args) + args.overrides)
+        rd = RunDir(args.resume)
+        recorded = rd.config()  # one line when it is not a run directory or damaged
+        data = apply_overrides(recorded.to_dict(), _shortcut_overrides(args) + args.overrides)
         cfg = config_from_dict(data)
         validate_registered(cfg)
+        check_same_run(recorded, cfg, rd.path, rd.done_epochs())
+        if rd.state() is RunState.FINISHED and cfg.train.epochs <= recorded.train.epochs:
+            print(f"{rd.path} has already finished (final.json exists); nothing to resume "
+                  f"(give train.epochs=N above {recorded.train.epochs} to extend it)")
+            return 0
     else:
         cfg = build_config(args.config, _shortcut_overrides(args) + args.overrides)
         name = f"{cfg.data.name}-{cfg.model.name}-{cfg.method.name.replace('+', '_plus_')}-s{cfg.train.seed}"
-        run_dir = Path(args.out) if args.out else default_run_dir(cfg.out_dir, name)
-        if (run_dir / "config.yaml").exists():
-            raise ConfigError(f"--out {run_dir}: a run already exists there; use --resume {run_dir} to continue it")
+        rd = RunDir(Path(args.out) if args.out else default_run_dir(cfg.out_dir, name))
+        # an existing run there is refused by rd.train(mode="new"), after the owner check of its lock
     rt = setup_runtime(cfg.train.device)
     bar = progress_bar(not args.no_progress and rt.is_main, cfg.method.name)
     try:
-        trainer = Trainer(cfg, run_dir, resume=bool(args.resume), runtime=rt, progress=bar)
-        if bar is not None:
-            bar.total = cfg.train.epochs * len(trainer.train_loader)
-            bar.n = trainer.start_epoch * len(trainer.train_loader)
-            bar.refresh()
-        final = trainer.fit()
+        final = rd.train(cfg, rt, progress=bar, mode="resume" if args.resume else "new")
     finally:
         if bar is not None:
             bar.close()
     if rt.is_main:
-        _print_final(final, run_dir)
+        _print_final(final, rd.path)
     teardown_runtime(rt)
     return 0
 
@@ -247,7 +244,7 @@ def _print_final(final: dict, run_dir: Path) -> None:
 def cmd_compare(args) -> int:
     import datetime as _dt
 
-    from .compare import plan_runs, run_compare
+    from .compare import plan_runs, run_compare, teacher_overrides
 
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     if not methods:
@@ -262,8 +259,13 @@ def cmd_compare(args) -> int:
     baseline = args.baseline or methods[0]
     if baseline not in methods:
         raise ConfigError(f"--baseline {baseline}: not one of the compared methods")
-    run_compare(runs, out, baseline=baseline, which=args.which, show_progress=not args.no_progress,
-                teacher_method=args.teacher, teacher_model=args.teacher_model)
+    try:
+        run_compare(runs, out, baseline=baseline, which=args.which, show_progress=not args.no_progress,
+                    teacher_method=args.teacher, teacher_model=args.teacher_model,
+                    teacher_overrides=teacher_overrides(args.overrides))
+    except KeyboardInterrupt as exc:
+        exc.resume_hint = f"rerun the same command with --out {out}"
+        raise
     return 0
 
 
@@ -288,7 +290,11 @@ def cmd_pipeline(args) -> int:
     else:
         stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
         out = Path("runs") / f"pipeline-{Path(args.file).stem}-{stamp}"
-    summary = run_pipeline(args.file, out, _seeds(args), args.overrides, show_progress=not args.no_progress)
+    try:
+        summary = run_pipeline(args.file, out, _seeds(args), args.overrides, show_progress=not args.no_progress)
+    except KeyboardInterrupt as exc:
+        exc.resume_hint = f"rerun the same command with --out {out}"
+        raise
     for seed, stages in summary.items():
         print(f"{seed}:")
         for name, brief in stages.items():
@@ -383,23 +389,33 @@ COMMANDS = {"train": cmd_train, "compare": cmd_compare, "pipeline": cmd_pipeline
             "bench": cmd_bench, "list": cmd_list}
 
 
+TRAINING_COMMANDS = ("train", "compare", "pipeline", "study")
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     """Run one command; every way it can end is one line on stderr and an exit code (see the
     EXIT_* constants): a user's mistake, an interrupt, a closed pipe, or a bug."""
+    import contextlib
+
     debug = bool(os.environ.get(DEBUG_ENV))
     try:
         args = parse_args(argv)
         debug = debug or args.debug
-        code = COMMANDS[args.command](args)
-        sys.stdout.flush()  # a closed pipe shows up here, not at interpreter exit
+        guard = contextlib.nullcontext()
+        if args.command in TRAINING_COMMANDS:  # SIGTERM ends like Ctrl-C: one line, saves never cut
+            from .engine.runtime import stop_on_signals
+
+            guard = stop_on_signals()
+        with guard:
+            code = COMMANDS[args.command](args)
+            sys.stdout.flush()  # a closed pipe shows up here, not at interpreter exit
         return code
     except SoftlabelsError as exc:
-        print(f"softlabels: error: {exc}", file=sys.stderr)
+        rank = _rank()
+        print(f"softlabels: error: {'' if rank is None else f'rank {rank}: '}{exc}", file=sys.stderr)
         return exc.exit_code
-    except KeyboardInterrupt:
-        print("softlabels: interrupted; a run continues from its last epoch with "
-              "`softlabels train --resume RUN_DIR` (compare: rerun with --out DIR)", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        return _interrupted(exc)
     except BrokenPipeError as exc:
         if _stdout_gone():
             _silence_stdout()
@@ -413,7 +429,36 @@ def main(argv: Optional[List[str]] = None) -> int:
             return EXIT_BROKEN_PIPE
         raise
     except Exception as exc:  # noqa: BLE001  (the last resort: a bug, reported as one)
+        if _rank() is not None:
+            from .engine.runtime import is_dist_failure
+
+            if is_dist_failure(exc):  # the process group's own failures: one line per rank
+                first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+                print(f"softlabels: error: rank {_rank()}: stopped: another rank failed or the process group "
+                      f"broke ({first})", file=sys.stderr)
+                return 1
         return _bug(exc, debug)
+
+
+def _rank() -> Optional[str]:
+    """This process's rank when it is one of several (torchrun sets WORLD_SIZE and RANK)."""
+    world = os.environ.get("WORLD_SIZE", "1")
+    return os.environ.get("RANK") if world.isdigit() and int(world) > 1 else None
+
+
+def _interrupted(exc: KeyboardInterrupt) -> int:
+    """Ctrl-C or SIGTERM: one line with the run directory and how to continue; 130 / 143."""
+    import signal
+
+    signum = getattr(exc, "signum", signal.SIGINT)
+    run_dir = getattr(exc, "run_dir", None)
+    hint = getattr(exc, "resume_hint", None)
+    if hint is None and run_dir is not None:
+        hint = f"continue it with `softlabels train --resume {run_dir}`"
+    where = f" while training {run_dir}" if run_dir is not None else ""
+    print(f"softlabels: interrupted by {signal.Signals(signum).name}{where}; finished epochs are kept"
+          + (f"; {hint}" if hint else ""), file=sys.stderr)
+    return 128 + int(signum)
 
 
 def _bug(exc: BaseException, debug: bool) -> int:

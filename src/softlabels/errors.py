@@ -24,3 +24,12 @@ class DataError(SoftlabelsError):
 
 class CheckpointError(SoftlabelsError):
     """A checkpoint is missing, corrupt, or belongs to another model or config."""
+
+
+class StorageError(SoftlabelsError):
+    """A run's file could not be written (disk full, read-only folder, permissions): a fault of
+    the machine, reported with the path and the cause; what was saved before stays intact."""
+
+
+class RunLockedError(SoftlabelsError):
+    """A run directory is owned by another live process (named in the message)."""

@@ -10,29 +10,38 @@ A pipeline file::
         config: {method: {name: ce}}          # `overrides` are KEY=VALUE strings
       - name: student
         config: {method: {name: glr_cd}}
-        teachers: [teacher]    # earlier stages, {run: DIR}, or {weights: FILE, model: NAME}
+        teachers: [teacher]    # earlier stages, {run: DIR}, or {weights: FILE, model: NAME|{name, options}}
       - name: member           # `sequence: N` expands to member1..memberN, each taught by
         sequence: 3            # all earlier members (plus its own `teachers`)
         config: {method: {name: orthogonal}}
       - name: ensemble
-        ensemble: [member1, member2, member3]   # evaluation only: members and their ensemble
+        ensemble: [member1, member2, member3]   # evaluation only: members ({run: DIR} too) and their ensemble
 
-Each training stage is an ordinary run directory ``OUT/seed<S>/<stage>``. Running the same
-pipeline again skips finished stages (their ``final.json`` exists) and resumes interrupted ones.
+Seeds: a stage trains with ``train.seed = S + 1000 * seed_offset`` for pipeline seed ``S``;
+``seed_offset`` is 0 unless the stage sets it, and member k of a ``sequence`` adds k − 1, so
+members start from different initialisations. Two stages that would train the same run (same
+config, seed and teachers) are refused: give one a ``seed_offset`` to make them independent.
+
+Each training stage is an ordinary run directory ``OUT/seed<S>/<stage>`` managed by
+:class:`~softlabels.engine.runs.RunDir`: running the same pipeline again skips finished stages,
+resumes interrupted ones and redoes torn ones.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-import torch
 
 from .config import _deepcopy, _merge, apply_overrides, config_from_dict, load_yaml, validate_registered
-from .errors import CheckpointError, ConfigError
+from .engine.runs import load_model_from_run  # noqa: F401  (moved to the run manager; still importable here)
+from .errors import ConfigError
 
-STAGE_KEYS = {"name", "config", "overrides", "teachers", "teacher_checkpoint", "sequence", "ensemble"}
+STAGE_KEYS = {"name", "config", "overrides", "teachers", "teacher_checkpoint", "sequence", "ensemble",
+              "seed_offset"}
+SEED_STRIDE = 1000  # stage seed = pipeline seed + SEED_STRIDE * seed_offset
 
 
 @dataclass
@@ -42,7 +51,8 @@ class Stage:
     overrides: List[str] = field(default_factory=list)
     teachers: List[Any] = field(default_factory=list)
     teacher_checkpoint: str = "best"
-    ensemble: Optional[List[str]] = None
+    ensemble: Optional[List[Any]] = None  # stage names or {run: DIR, checkpoint: NAME}
+    seed_offset: int = 0
 
 
 def parse_pipeline(data: dict, where: str = "pipeline") -> tuple:
@@ -72,11 +82,18 @@ def parse_pipeline(data: dict, where: str = "pipeline") -> tuple:
                       teacher_checkpoint=str(st.get("teacher_checkpoint", "best")))
         if not isinstance(common["config"], dict):
             raise ConfigError(f"{at}.config: expected a mapping")
+        offset = st.get("seed_offset", 0)
+        if not isinstance(offset, int) or isinstance(offset, bool) or not 0 <= offset < 10**6:
+            raise ConfigError(f"{at}.seed_offset: expected an integer in 0..999999, got {offset!r}")
+        common["seed_offset"] = offset
         if "ensemble" in st:
             members = st["ensemble"]
             if not isinstance(members, list) or not members:
-                raise ConfigError(f"{at}.ensemble: expected a list of stage names")
-            stages.append(Stage(name, ensemble=[str(m) for m in members]))
+                raise ConfigError(f"{at}.ensemble: expected a list of stage names or {{run: DIR}}")
+            for m in members:
+                if isinstance(m, dict) and (set(m) - {"run", "checkpoint"} or "run" not in m):
+                    raise ConfigError(f"{at}.ensemble: {m!r}: expected a stage name or {{run: DIR, checkpoint: NAME}}")
+            stages.append(Stage(name, ensemble=[m if isinstance(m, dict) else str(m) for m in members]))
             continue
         n = st.get("sequence")
         if n is None:
@@ -87,13 +104,14 @@ def parse_pipeline(data: dict, where: str = "pipeline") -> tuple:
         for k in range(1, n + 1):
             earlier = [f"{name}{j}" for j in range(1, k)]
             stages.append(Stage(f"{name}{k}", common["config"], common["overrides"],
-                                common["teachers"] + earlier, common["teacher_checkpoint"]))
+                                common["teachers"] + earlier, common["teacher_checkpoint"],
+                                seed_offset=offset + k - 1))
     names = [s.name for s in stages]
     for s in stages:
         if names.count(s.name) > 1:
             raise ConfigError(f"{where}: stage name {s.name!r} is used twice")
         before = names[:names.index(s.name)]
-        for t in (s.ensemble or []) + [t for t in s.teachers if isinstance(t, str)]:
+        for t in [t for t in (s.ensemble or []) + s.teachers if isinstance(t, str)]:
             if t not in before:
                 raise ConfigError(f"{where}: stage {s.name!r} refers to {t!r}, which is not an earlier stage")
     return base, stages
@@ -101,45 +119,24 @@ def parse_pipeline(data: dict, where: str = "pipeline") -> tuple:
 
 def stage_config(base: dict, stage: Stage, seed: int, extra_overrides: List[str]):
     data = _merge(_deepcopy(base), stage.config)
-    data = apply_overrides(data, list(stage.overrides) + list(extra_overrides) + [f"train.seed={seed}"])
+    data = apply_overrides(data, list(stage.overrides) + list(extra_overrides)
+                           + [f"train.seed={seed + SEED_STRIDE * stage.seed_offset}"])
     data.setdefault("name", stage.name)
     cfg = config_from_dict(data)
     validate_registered(cfg)
     return cfg
 
 
-def load_model_from_run(run_dir: Path, checkpoint: str = "best"):
-    """The model saved in a run directory's checkpoint, on the CPU, in eval mode."""
-    from .engine import checkpoint as ckpt
-    from .engine.trainer import load_state
-    from .methods.base import build_run_model
-
-    run_dir = Path(run_dir)
-    if not (run_dir / "config.yaml").is_file():
-        raise ConfigError(f"teacher run {run_dir}: no config.yaml; not a run directory")
-    cfg = config_from_dict(load_yaml(str(run_dir / "config.yaml")))
-    stem = run_dir / "checkpoints" / checkpoint
-    tensors, meta = ckpt.load_checkpoint(stem)
-    model = build_run_model(cfg, int(meta["num_classes"]), int(meta["in_channels"]))
-    load_state(model, ckpt.unprefixed("model", tensors), stem, "model")
-    return model.eval()
-
-
-def resolve_teacher(spec, stage_dirs: Dict[str, Path], checkpoint: str, num_classes: int, in_channels: int):
-    from .models import build_model
+def resolve_teacher(spec, stage_dirs: Dict[str, Path], checkpoint: str, num_classes: int, in_channels: int,
+                    student=None):
+    """A stage name (that stage's run), ``{run: DIR}`` or a weights file with its model config
+    (options it does not give follow the ``student``'s ModelConfig, see runs.teacher_model_options)."""
+    from .engine.runs import RunDir, load_teacher
 
     if isinstance(spec, str):
-        model = load_model_from_run(stage_dirs[spec], checkpoint)
-    elif isinstance(spec, dict) and "run" in spec:
-        model = load_model_from_run(Path(spec["run"]), spec.get("checkpoint", checkpoint))
-    elif isinstance(spec, dict) and "weights" in spec and "model" in spec:
-        model = build_model(spec["model"], num_classes, in_channels, spec.get("options") or {}, spec["weights"]).eval()
-    else:
-        raise ConfigError(f"teacher {spec!r}: expected a stage name, {{run: DIR}} or {{weights: FILE, model: NAME}}")
-    k = model.head.out_features
-    if k != num_classes:
-        raise CheckpointError(f"teacher {spec!r} predicts {k} classes, this stage's dataset has {num_classes}")
-    return model
+        return RunDir(stage_dirs[spec]).load_model(checkpoint, num_classes=num_classes)
+    return load_teacher(spec, checkpoint=checkpoint, num_classes=num_classes, in_channels=in_channels,
+                        student=student)
 
 
 def _data_shape(cfg):
@@ -149,20 +146,34 @@ def _data_shape(cfg):
     return ds.num_classes, ds.in_channels
 
 
+def _check_distinct(stages: List[Stage], plans: dict, where: str) -> None:
+    """No two training stages may train the same run (they would come out identical)."""
+    from .engine.runs import config_changes
+
+    train = [s for s in stages if s.ensemble is None]
+    for i, a in enumerate(train):
+        for b in train[:i]:
+            if repr(a.teachers) == repr(b.teachers) and all(
+                    k == "name" for k, _, _ in config_changes(plans[a.name], plans[b.name])):
+                raise ConfigError(f"{where}: stages {b.name!r} and {a.name!r} would train the same run (same config, "
+                                  f"seed and teachers); give one of them `seed_offset: 1` to make them independent")
+
+
 def run_pipeline(path: str, out: Path, seeds: List[int], extra_overrides: List[str] = (),
                  show_progress: bool = True) -> dict:
-    from .engine import Trainer
-    from .engine.checkpoint import atomic_write_text
+    from .engine.checkpoint import atomic_write_text, storage
+    from .engine.runs import RunDir, RunState, progress_bar
     from .engine.runtime import setup_runtime
-    from .progress import progress_bar
 
     base, stages = parse_pipeline(load_yaml(path, what="pipeline file"), where=Path(path).name)
     # validate every stage's config before training anything
     plans = {s.name: stage_config(base, s, seeds[0], list(extra_overrides)) for s in stages if s.ensemble is None}
+    _check_distinct(stages, plans, Path(path).name)
     rt = setup_runtime(next(iter(plans.values())).train.device)
-    out.mkdir(parents=True, exist_ok=True)
+    with storage(out):
+        out.mkdir(parents=True, exist_ok=True)
     if rt.is_main:
-        (out / "pipeline.yaml").write_text(Path(path).read_text())
+        atomic_write_text(out / "pipeline.yaml", Path(path).read_text())
     summary: Dict[str, Any] = {}
     for seed in seeds:
         seed_dir = out / f"seed{seed}"
@@ -174,20 +185,16 @@ def run_pipeline(path: str, out: Path, seeds: List[int], extra_overrides: List[s
             if st.ensemble is not None:
                 results[st.name] = _ensemble_stage(st, plans, stage_dirs, run_dir, rt)
                 continue
-            if (run_dir / "final.json").is_file():
-                results[st.name] = json.loads((run_dir / "final.json").read_text())
-                continue
             cfg = stage_config(base, st, seed, list(extra_overrides))
-            k, c = _data_shape(cfg) if st.teachers else (None, None)
-            teachers = [resolve_teacher(t, stage_dirs, st.teacher_checkpoint, k, c) for t in st.teachers]
-            resume = (run_dir / "checkpoints" / "last.json").is_file()
-            bar = progress_bar(show_progress and rt.is_main, f"seed {seed} {st.name}")
+            rd = RunDir(run_dir)
+            done = rd.state() is RunState.FINISHED and cfg.train.epochs <= rd.config().train.epochs
+            teachers = []
+            if st.teachers and not done:  # a finished stage needs neither its teachers nor the data
+                k, c = _data_shape(cfg)
+                teachers = [resolve_teacher(t, stage_dirs, st.teacher_checkpoint, k, c, cfg.model) for t in st.teachers]
+            bar = progress_bar(show_progress and rt.is_main and not done, f"seed {seed} {st.name}")
             try:
-                trainer = Trainer(cfg, run_dir, resume=resume, runtime=rt, teachers=teachers, progress=bar)
-                if bar is not None:
-                    bar.total = cfg.train.epochs * len(trainer.train_loader)
-                    bar.n = trainer.start_epoch * len(trainer.train_loader)
-                results[st.name] = trainer.fit()
+                results[st.name] = rd.train(cfg, rt, teachers=teachers, progress=bar)
             finally:
                 if bar is not None:
                     bar.close()
@@ -200,20 +207,30 @@ def run_pipeline(path: str, out: Path, seeds: List[int], extra_overrides: List[s
 def _ensemble_stage(st: Stage, plans, stage_dirs, run_dir: Path, rt) -> dict:
     from .data.prepare import build_loaders, prepare_data
     from .engine.checkpoint import atomic_write_text
+    from .engine.runs import RunDir
     from .evaluate.ensemble import ensemble_metrics
 
     done = run_dir / "ensemble.json"
-    if done.is_file():
-        return json.loads(done.read_text())
-    cfg = plans[st.ensemble[0]]
-    data = prepare_data(cfg.data)
-    _, _, test = build_loaders(data, cfg.data, device=rt.device, seed=0, rank=0, world=1, channels_last=False)
-    models = [load_model_from_run(stage_dirs[m]).to(rt.device) for m in st.ensemble]
-    result = {"stages": st.ensemble, **ensemble_metrics(models, test, data.num_classes, device=rt.device)}
-    if rt.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(done, json.dumps(result, indent=1))
-    return result
+    with RunDir(run_dir).lock() if rt.is_main else contextlib.nullcontext():
+        if done.is_file():
+            try:
+                result = json.loads(done.read_text())
+                if isinstance(result, dict) and isinstance(result.get("members"), list):
+                    return result
+            except (OSError, ValueError):
+                pass  # torn by a kill: evaluated again
+        members = [RunDir(stage_dirs[m]) if isinstance(m, str) else RunDir(m["run"]) for m in st.ensemble]
+        checkpoints = [None if isinstance(m, str) else m.get("checkpoint") for m in st.ensemble]
+        first = st.ensemble[0]
+        cfg = plans[first] if isinstance(first, str) else members[0].config()
+        data = prepare_data(cfg.data)
+        _, _, test = build_loaders(data, cfg.data, device=rt.device, seed=0, rank=0, world=1, channels_last=False)
+        models = [m.load_model(c, num_classes=data.num_classes).to(rt.device) for m, c in zip(members, checkpoints)]
+        names = [m if isinstance(m, str) else str(m["run"]) for m in st.ensemble]
+        result = {"stages": names, **ensemble_metrics(models, test, data.num_classes, device=rt.device)}
+        if rt.is_main:
+            atomic_write_text(done, json.dumps(result, indent=1))
+        return result
 
 
 def _brief(result: dict) -> dict:

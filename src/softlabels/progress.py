@@ -62,6 +62,11 @@ class LazyBar:
                              dynamic_ncols=True, file=sys.stderr, mininterval=0.5)
         self._bar.update(k)
 
+    def set_postfix(self, values: dict, refresh: bool = True) -> None:
+        """What the trainer shows beside the count (epoch, loss, val error, lr, img/s)."""
+        if self._bar is not None:
+            self._bar.set_postfix(values, refresh=refresh)
+
     def close(self) -> None:
         if self._bar is not None:
             self._bar.close()

@@ -172,7 +172,8 @@ class TorchSchedule:
         return self.optimizer.param_groups[0]["lr"]
 
     def state_dict(self) -> dict:
-        return {"step_count": self.step_count, "scheduler": self.scheduler.state_dict()}
+        return {"step_count": self.step_count, "scheduler": self.scheduler.state_dict(),
+                "base_lrs": [g.get("initial_lr", g["lr"]) for g in self.optimizer.param_groups]}
 
     def load_state_dict(self, state: dict) -> None:
         self.step_count = int(state["step_count"])

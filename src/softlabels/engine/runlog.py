@@ -14,11 +14,10 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional
 
-from .checkpoint import atomic_write_text
+from .checkpoint import append_line, atomic_write_text
 
 
 def flatten(record: dict, prefix: str = "") -> Dict[str, object]:
@@ -66,11 +65,7 @@ class RunLog:
         return self._tb is not None
 
     def append(self, record: dict) -> None:
-        path = self.run_dir / "metrics.jsonl"
-        with open(path, "a") as f:
-            f.write(json.dumps(record) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        append_line(self.run_dir / "metrics.jsonl", json.dumps(record))
         from .trainer import read_metrics
 
         atomic_write_text(self.run_dir / "metrics.csv", records_to_csv(read_metrics(self.run_dir)))

@@ -2,8 +2,11 @@
 from __future__ import annotations
 
 import contextlib
+import datetime as _dt
 import os
 import random
+import signal
+import threading
 from dataclasses import dataclass
 
 import torch
@@ -51,9 +54,89 @@ def setup_runtime(device: str = "auto") -> Runtime:
             backend = "nccl" if dev.type == "cuda" else "gloo"
             if dev.type == "cuda":
                 torch.cuda.set_device(dev)
-            dist.init_process_group(backend=backend)
+            dist.init_process_group(backend=backend, timeout=_dt.timedelta(seconds=dist_timeout_s()))
         return Runtime(dev, rank, world, local_rank, True)
     return Runtime(dev)
+
+
+def dist_timeout_s() -> float:
+    """Bound on every collective (seconds): a rank whose peer died or hangs stops with an error
+    instead of waiting for ever. ``SOFTLABELS_DIST_TIMEOUT`` (default 600)."""
+    raw = os.environ.get("SOFTLABELS_DIST_TIMEOUT", "600")
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"SOFTLABELS_DIST_TIMEOUT: expected seconds, got {raw!r}") from None
+    if not 0 < value < 1e6:
+        raise ConfigError(f"SOFTLABELS_DIST_TIMEOUT: expected seconds between 0 and 1e6, got {raw!r}")
+    return value
+
+
+def is_dist_failure(exc: BaseException) -> bool:
+    """An error of the process group itself (a peer died, a collective timed out)."""
+    dist_error = getattr(dist, "DistError", None)
+    if dist_error is not None and isinstance(exc, dist_error):
+        return True
+    text = str(exc)
+    return isinstance(exc, RuntimeError) and any(
+        k in text for k in ("Gloo", "gloo", "NCCL", "Connection closed", "Connection reset", "timed out", "Timed out"))
+
+
+# ---------------------------------------------------------------------------------- signals
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C (SIGINT) or SIGTERM while a run trains: raised at once, or at the end of a
+    critical section (a checkpoint save), so saves are never cut."""
+
+    def __init__(self, signum: int = signal.SIGINT):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+        self.run_dir = None  # set by the run manager to the run directory in hand
+
+
+_state = threading.local()
+
+
+def _pending():
+    return getattr(_state, "pending", None)
+
+
+@contextlib.contextmanager
+def critical_section():
+    """A signal arriving inside is held until the section ends (sections nest)."""
+    depth = getattr(_state, "depth", 0)
+    _state.depth = depth + 1
+    try:
+        yield
+    finally:
+        _state.depth = depth
+        if depth == 0 and _pending() is not None:
+            signum, _state.pending = _state.pending, None
+            raise Interrupted(signum)
+
+
+def _handler(signum, frame):
+    if getattr(_state, "depth", 0) > 0:
+        _state.pending = signum
+        return
+    raise Interrupted(signum)
+
+
+@contextlib.contextmanager
+def stop_on_signals():
+    """SIGTERM and SIGINT raise :class:`Interrupted` (outside critical sections) while inside;
+    previous handlers are restored after. A no-op outside the main thread."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        for s in previous:
+            signal.signal(s, _handler)
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+        _state.pending = None
 
 
 def teardown_runtime(rt: Runtime) -> None:

@@ -156,10 +156,14 @@ class Trainer:
     def _init_run_dir(self) -> None:
         from .rundir import environment_info
 
+        from .runs import teacher_record
+
         d = self.run_dir
-        (d / "checkpoints").mkdir(parents=True, exist_ok=True)
+        with ckpt.storage(d / "checkpoints"):
+            (d / "checkpoints").mkdir(parents=True, exist_ok=True)
         ckpt.atomic_write_text(d / "config.yaml", dump_yaml(self.cfg))
         env = environment_info(self.rt)
+        env["teachers"] = teacher_record(self.teachers)
         ckpt.atomic_write_text(d / "environment.json", json.dumps(env, indent=1))
         ckpt.atomic_write_text(d / "data.json", json.dumps(self.data.summary(), indent=1))
         if self.data.noisy_index is not None:
@@ -169,7 +173,7 @@ class Trainer:
                      "original": self.data.clean_train_labels[idx].tolist(),
                      "noisy": self.data.train.labels[idx].tolist()}
             ckpt.atomic_write_text(d / "noise.json", json.dumps(noise))
-        (d / "metrics.jsonl").write_text("")
+        ckpt.atomic_write_text(d / "metrics.jsonl", "")
 
     # ------------------------------------------------------------------ the step
     def teacher_outputs(self, batch) -> list:
@@ -387,8 +391,10 @@ class Trainer:
             self._since_best = 0
             self.best = {"epoch": record["epoch"], "val": record["val"], "test": record["test"]}
             if self.run_dir is not None and self.rt.is_main:
+                # every best generation is kept until `last` of the same epoch is saved (then
+                # pruned), so a resume from an earlier `last` finds the best it recorded
                 ckpt.save_checkpoint(self.run_dir / "checkpoints" / "best", self._model_tensors(),
-                                     self._model_meta(record["epoch"]))
+                                     self._model_meta(record["epoch"]), keep=None)
 
     def _final(self, seconds: float) -> dict:
         evaluated = [r for r in self.history if "test" in r] or []
@@ -405,6 +411,7 @@ class Trainer:
             "run": {"method": c.method.name, "label": c.name or c.method.name, "seed": c.train.seed,
                     "dataset": c.data.name, "model": c.model.name},
             "selection": selection,
+            "best_checkpoint": "best" if self.best is not None else "last",
             "last": last_block,
             "best": best,
             "train_seconds": round(seconds, 2),
@@ -437,16 +444,17 @@ class Trainer:
         if self.ema is not None:  # the averaged weights as a model of their own: `eval --checkpoint ema`
             ckpt.save_checkpoint(self.run_dir / "checkpoints" / "ema",
                                  ckpt.prefixed("model", self.ema.module.state_dict()), self._model_meta(epoch))
+        ckpt.prune(self.run_dir / "checkpoints" / "best", keep=1)
 
     def _resume(self) -> None:
         stem = self.run_dir / "checkpoints" / "last"
-        tensors, meta = ckpt.load_checkpoint(stem)
+        tensors, meta = ckpt.load_checkpoint(stem, training=True)
         check_identity(meta, self.cfg, stem)
         load_state(self.model, ckpt.unprefixed("model", tensors), stem, "model")
         load_state(self.objective, ckpt.unprefixed("method", tensors), stem, "method")
-        ckpt.load_optimizer_state(self.optimizer, tensors, meta["optimizer"])
+        ckpt.load_optimizer_state(self.optimizer, tensors, meta["optimizer"], stem)
         self.schedule.load_state_dict(meta["schedule"])
-        ckpt.load_rng_state(self.rt.device, tensors, meta.get("rng", {}))
+        ckpt.load_rng_state(self.rt.device, tensors, meta.get("rng", {}), stem)
         self.start_epoch = int(meta["epoch"])
         self.best = meta.get("best")
         self._since_best = int(meta.get("since_best", 0))
@@ -458,6 +466,12 @@ class Trainer:
                 raise CheckpointError(f"checkpoint {stem}: has no EMA weights; it was written without train.ema_decay")
             load_state(self.ema, ema_state, stem, "EMA")
         if self.rt.is_main:
+            # what was saved after this checkpoint (a best or snapshot of an epoch about to be
+            # redone) is discarded, so the redone epochs write them again
+            folder = self.run_dir / "checkpoints"
+            for name in ckpt.checkpoint_names(folder):
+                if name != "last":
+                    ckpt.prune(folder / name, keep=1, after_epoch=self.start_epoch)
             kept = [r for r in read_metrics(self.run_dir) if r["epoch"] <= self.start_epoch]
             ckpt.atomic_write_text(self.run_dir / "metrics.jsonl",
                                    "".join(json.dumps(r) + "\n" for r in kept))

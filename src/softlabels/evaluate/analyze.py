@@ -178,10 +178,10 @@ def _noise(ctx: Context):
 @analysis("snapshots", "snapshot ensemble of checkpoints saved during the run (train.snapshot_epochs; OLS Table III)",
           default=False)
 def _snapshots(ctx: Context):
-    from ..pipeline import load_model_from_run
+    from ..engine.runs import RunDir, load_model_from_run
     from .ensemble import ensemble_metrics
 
-    names = sorted((p.stem for p in (ctx.run_dir / "checkpoints").glob("epoch*.json")),
+    names = sorted((n for n in RunDir(ctx.run_dir).checkpoint_names() if n[5:].isdigit() and n.startswith("epoch")),
                    key=lambda s: int(s[5:]))
     if len(names) < 2:
         raise NotApplicable(f"{ctx.run_dir}: analysis snapshots needs at least two checkpoints/epochN "
@@ -208,7 +208,7 @@ def _human(ctx: Context):
 
 @analysis("or_maps", "orthogonal-loss attention maps of ensemble members (needs --members RUN_DIR...)", default=False)
 def _or_maps(ctx: Context):
-    from ..pipeline import load_model_from_run
+    from ..engine.runs import load_model_from_run
     from .attention import or_attention_maps, plot_or_maps
 
     members = ctx.options.get("members") or []
@@ -281,7 +281,7 @@ def _jsonable(x):
     return x
 
 
-def analyze_run(run_dir: Path, analyses: Optional[Sequence[str]] = None, *, checkpoint: str = "best",
+def analyze_run(run_dir: Path, analyses: Optional[Sequence[str]] = None, *, checkpoint: Optional[str] = None,
                 split: str = "test", samples: int = 8, sample_indices: Optional[Sequence[int]] = None,
                 device: Optional[str] = None, **options) -> Path:
     """Run the analyses and write ``analyses.json`` and the PNGs; returns the output folder.
@@ -294,7 +294,10 @@ def analyze_run(run_dir: Path, analyses: Optional[Sequence[str]] = None, *, chec
 
     names = resolve_analyses(analyses)
     skip_missing = analyses is not None and list(analyses) == ["all"]
+    from ..engine.runs import RunDir
+
     run_dir = Path(run_dir)
+    checkpoint = RunDir(run_dir).resolve_checkpoint(checkpoint)
     got = collect(run_dir, checkpoint, split, device)
     n = len(got["labels"])
     if sample_indices:
