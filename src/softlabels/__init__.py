@@ -23,11 +23,7 @@ def load_model(run_dir, checkpoint=None, *, device="cpu", logits_only=False):
     AdaCos heads) and its weights read from safetensors; a checkpoint written for another model
     raises ``softlabels.errors.CheckpointError``.
     """
-    from .pipeline import load_model_from_run
-    from .engine.runs import default_checkpoint
+    from .engine.runs import RunDir
 
-    from pathlib import Path
-
-    run_dir = Path(run_dir)
-    model = load_model_from_run(run_dir, checkpoint or default_checkpoint(run_dir)).to(device).eval()
+    model = RunDir(run_dir).load_model(checkpoint).to(device).eval()
     return model.logits_only() if logits_only else model

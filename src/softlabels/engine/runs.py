@@ -431,9 +431,17 @@ class RunDir:
 
         say = say if rt.is_main else (lambda text: None)
         lock = self.lock() if rt.is_main else contextlib.nullcontext()
+        existed = self.path.exists()
         try:
-            with lock, stop_on_signals():
-                return self._train(cfg, rt, teachers, progress, progress_offset, progress_total_runs, mode, say)
+            try:
+                with lock, stop_on_signals():
+                    return self._train(cfg, rt, teachers, progress, progress_offset, progress_total_runs, mode, say)
+            finally:
+                # a run that failed before writing anything (bad data, a refused config) leaves no
+                # empty folder behind that a later `--out` would take for an existing run
+                if not existed and self.path.is_dir() and not any(self.path.iterdir()):
+                    with contextlib.suppress(OSError):
+                        self.path.rmdir()
         except KeyboardInterrupt as exc:
             if not isinstance(exc, Interrupted):
                 exc = Interrupted()
@@ -588,9 +596,3 @@ def method_requires(cfg: RunConfig):
         k = load_dataset(cfg.data.name, cfg.data.root, cfg.data.options).num_classes
         return build_objective(cfg.method, k).requires
 
-
-def default_checkpoint(run_dir: Path) -> str:
-    """The checkpoint that stands for a run's result: ``best`` (the epoch chosen on validation)
-    when the run saved one, otherwise ``last`` (a run without a validation split reports its last
-    epoch as best, and an unfinished run has only ``last``)."""
-    return "best" if (Path(run_dir) / "checkpoints" / "best.json").is_file() else "last"

@@ -31,7 +31,9 @@ def evaluate_run(run_dir: Path, checkpoint: Optional[str] = None, split: str = "
     from .analyze import collect
     from .metrics import classification_metrics
 
-    checkpoint = RunDir(run_dir).resolve_checkpoint(checkpoint)
+    rd = RunDir(run_dir)
+    rd.config()  # first what the run is (one line when config.yaml is missing or damaged)
+    checkpoint = rd.resolve_checkpoint(checkpoint)
     got = collect(Path(run_dir), checkpoint, split, device)
     metrics = classification_metrics(got["logits"], got["labels"], got["data"].num_classes)
     out = {"checkpoint": checkpoint, "epoch": got["meta"].get("epoch"), "split": split, **metrics}
