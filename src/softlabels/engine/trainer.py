@@ -23,6 +23,7 @@ from ..errors import CheckpointError, ConfigError, SoftlabelsError
 from ..evaluate.metrics import classification_metrics
 from ..methods.base import build_objective
 from ..models import build_model
+from ..models.complexity import input_shape_of, model_complexity
 from . import checkpoint as ckpt
 from .runtime import Runtime, autocast_context, seed_everything, setup_runtime
 from .schedule import StepSchedule
@@ -77,6 +78,9 @@ class Trainer:
         self.teachers = [t.to(dev).eval().requires_grad_(False) for t in teachers]
         self.objective.setup(self.model, self.teachers)
         self.objective.to(dev)
+        # parameters and FLOPs at inference and at training (models/complexity.py), for final.json
+        self.complexity = model_complexity(self.model, input_shape_of(self.data), self.objective,
+                                           self.teachers, k)
 
         self.train_loader, self.val_loader, self.test_loader = build_loaders(
             self.data, cfg.data, device=dev, seed=cfg.train.seed, rank=self.rt.rank,
@@ -351,6 +355,7 @@ class Trainer:
             "last": last_block,
             "best": best,
             "train_seconds": round(seconds, 2),
+            "complexity": self.complexity,
         }
 
     # ------------------------------------------------------------------ checkpoints
