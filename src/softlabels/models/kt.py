@@ -128,14 +128,20 @@ class KTVGG16(Classifier):
 
     def __init__(self, num_classes: int, in_channels: int = 3, hidden: int = 4096):
         super().__init__()
-        import torchvision
+        from torchvision.models.vgg import cfgs, make_layers
 
-        features = torchvision.models.vgg16_bn(weights=None).features
+        # torchvision's vgg16_bn ``features`` (configuration "D" with BatchNorm), built without
+        # its 120M-parameter classifier, initialised as torchvision's VGG initialises them
+        features = make_layers(cfgs["D"], batch_norm=True)
         if in_channels != 3:
-            old = features[0]
-            features[0] = nn.Conv2d(in_channels, old.out_channels, 3, padding=1)
-            nn.init.kaiming_normal_(features[0].weight, mode="fan_out", nonlinearity="relu")
-            nn.init.zeros_(features[0].bias)
+            features[0] = nn.Conv2d(in_channels, features[0].out_channels, 3, padding=1)
+        for m in features.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+                nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
         self.features = features
         self._pool_ends = tuple(i for i, m in enumerate(features) if isinstance(m, nn.MaxPool2d))
         self.stage_channels = (64, 128, 256, 512, 512)
