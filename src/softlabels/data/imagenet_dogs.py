@@ -10,7 +10,8 @@ Label i is the i-th of these wnids in sorted order; names are ImageNet's readabl
 Layout: the ImageNet layout read by the ``imagenet`` reader (ROOT/train/<wnid>/ and
 ROOT/val/<wnid>/, or a flat val/ with the devkit ground truth or Kaggle's LOC_val_solution.csv;
 see :mod:`.imagenet`); only the dog classes are kept, so a copy holding only those 118 train
-folders (and their validation images) works as well. The validation images are the test split;
+folders and their val/<wnid>/ folders works as well (a flat val/ labelled by the devkit or the
+Kaggle CSV needs all 1000 train folders, since those files name every class). The validation images are the test split;
 the engine carves its validation split from train.
 
 Down-sampling: every image is decoded once and resized as a whole (aspect ratio not kept, PIL
