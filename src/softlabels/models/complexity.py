@@ -73,11 +73,13 @@ def _measure(fn, images: int) -> Dict[str, int]:
 
 
 @contextlib.contextmanager
-def _preserved(modules: Sequence[nn.Module]):
-    """Restore the state dicts, train/eval flags and RNGs of ``modules`` on exit."""
+def _preserved(modules: Sequence[nn.Module], device: torch.device):
+    """Restore the state dicts, train/eval flags of ``modules`` and the RNGs (CPU, and the
+    CUDA device ``device`` if it is one) on exit."""
     states = [{k: v.detach().clone() for k, v in m.state_dict().items()} for m in modules]
     flags = [[(sub, sub.training) for sub in m.modules()] for m in modules]
-    devices = [torch.cuda.current_device()] if torch.cuda.is_available() and torch.cuda.is_initialized() else []
+    devices = [device.index if device.index is not None else torch.cuda.current_device()] \
+        if device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
         try:
             yield
@@ -125,7 +127,7 @@ def model_complexity(model: nn.Module, input_shape: Sequence[int], objective=Non
     p = next(model.parameters(), None)
     device = p.device if p is not None else torch.device("cpu")
     teachers = list(teachers)
-    with _preserved([model] + ([objective] if objective is not None else [])):
+    with _preserved([model] + ([objective] if objective is not None else []), device):
         model.eval()
         with torch.no_grad():
             inference = _measure(lambda: model(torch.zeros((1, *shape), device=device)), 1)
