@@ -296,6 +296,8 @@ def test_timm_backbone(tmp_path):
     expect_one_line(CheckpointError, lambda: build_model("timm:resnet18", 5, 3, {"pretrained_file": str(tmp_path / "no")}),
                     "not found")
     expect_config_error(lambda: build_model("timm:no_such_net", 5, 3), "timm:no_such_net")
+    expect_config_error(lambda: build_model("timm:resnet18", 5, 3, {"out_indices": ["a"]}), "out_indices")
+    expect_config_error(lambda: build_model("timm:resnet18", 5, 3, {"out_indices": [9]}), "timm:resnet18")
     expect_config_error(lambda: build_model("timm:", 5, 3), "timm:")
     # config validation knows the prefix and checks its options
     cfg = build_config(overrides=["model.name=timm:resnet18", "model.options.drop_path_rate=0.1"])

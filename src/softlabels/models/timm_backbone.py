@@ -59,7 +59,10 @@ class TimmBackbone(Classifier):
                               f"(python -c 'import timm; print(timm.list_models())' lists them)")
         kwargs = dict(features_only=True, in_chans=in_channels)
         if out_indices is not None:
-            kwargs["out_indices"] = tuple(int(i) for i in out_indices)
+            if not out_indices or not all(isinstance(i, int) and not isinstance(i, bool) for i in out_indices):
+                raise ConfigError(f"model.options.out_indices: expected a non-empty list of feature level "
+                                  f"indices (integers), got {out_indices!r}")
+            kwargs["out_indices"] = tuple(out_indices)
         if drop_path_rate:
             kwargs["drop_path_rate"] = float(drop_path_rate)
         if pretrained_file:
@@ -69,7 +72,7 @@ class TimmBackbone(Classifier):
             kwargs.update(pretrained=True, pretrained_cfg_overlay={"file": path})
         try:
             self.body = timm.create_model(name, **kwargs)
-        except (RuntimeError, ValueError, KeyError, TypeError, AssertionError, OSError) as exc:
+        except (RuntimeError, ValueError, KeyError, IndexError, TypeError, AssertionError, OSError) as exc:
             cls = CheckpointError if pretrained_file else ConfigError
             raise cls(f"model.name: timm:{name} cannot be built as a feature extractor"
                       f"{' with ' + pretrained_file if pretrained_file else ''} ({type(exc).__name__}: "
