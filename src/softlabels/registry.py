@@ -5,6 +5,7 @@ decorator in one file; no ``if name == ...`` chains anywhere else.
 """
 from __future__ import annotations
 
+import functools
 import inspect
 import types
 import typing
@@ -26,6 +27,7 @@ class Registry:
     def __init__(self, kind: str):
         self.kind = kind
         self._entries: Dict[str, Entry] = {}
+        self._prefixes: Dict[str, Entry] = {}
 
     def register(self, name: str, description: str = "", reference: str = ""):
         """Decorator: ``@MODELS.register("resnet8", "CIFAR ResNet-8 (3 stages)")``."""
@@ -39,22 +41,48 @@ class Registry:
 
         return deco
 
+    def register_prefix(self, prefix: str, factory: Callable[..., Any], description: str = "",
+                        reference: str = "") -> None:
+        """A family of names ``<prefix><rest>`` served by one factory, which receives
+        ``name=<rest>`` (e.g. ``MODELS.register_prefix("timm:", ...)`` for ``timm:<model>``).
+        ``get`` returns an Entry whose factory has ``name`` bound; the entry is listed as
+        ``<prefix><name>``."""
+        if prefix in self._prefixes:
+            raise ValueError(f"{self.kind} prefix {prefix!r} registered twice")
+        self._prefixes[prefix] = Entry(prefix + "<name>", factory, description, reference)
+
+    def _prefixed(self, name: str) -> Optional[Entry]:
+        for prefix, entry in self._prefixes.items():
+            if isinstance(name, str) and name.startswith(prefix):
+                rest = name[len(prefix):]
+                if not rest:
+                    raise ConfigError(f"{self.kind} {name!r}: give a name after {prefix!r}, "
+                                      f"e.g. {prefix}<name>")
+                return Entry(name, functools.partial(entry.factory, name=rest), entry.description,
+                             entry.reference)
+        return None
+
     def __contains__(self, name: str) -> bool:
-        return name in self._entries
+        return name in self._entries or (isinstance(name, str) and any(
+            name.startswith(p) and len(name) > len(p) for p in self._prefixes))
 
     def names(self) -> List[str]:
         return sorted(self._entries)
 
     def entries(self) -> List[Entry]:
-        return [self._entries[n] for n in self.names()]
+        """The registered entries, then one per prefix (named ``<prefix><name>``)."""
+        return [self._entries[n] for n in self.names()] + [self._prefixes[p] for p in sorted(self._prefixes)]
 
     def get(self, name: str) -> Entry:
-        try:
-            return self._entries[name]
-        except KeyError:
+        entry = self._entries.get(name) if isinstance(name, str) else None
+        if entry is None:
+            entry = self._prefixed(name)
+        if entry is None:
+            extra = "".join(f", {p}<name>" for p in sorted(self._prefixes))
             raise ConfigError(
-                f"unknown {self.kind} {name!r}; choose one of: {', '.join(self.names())}"
-            ) from None
+                f"unknown {self.kind} {name!r}; choose one of: {', '.join(self.names())}{extra}"
+            )
+        return entry
 
     def build(self, name: str, options: Optional[dict] = None, where: str = "", **fixed):
         """Call the factory with ``fixed`` keyword arguments plus user ``options``.
@@ -104,6 +132,8 @@ def describe_type(annotation: Any) -> str:
 
 def check_kwargs(fn: Callable, options: dict, where: str, skip=()) -> dict:
     """Validate ``options`` against ``fn``'s keyword parameters; return them (ints → floats)."""
+    if isinstance(fn, functools.partial):  # a prefix entry: its bound name is not an option
+        skip, fn = tuple(skip) + tuple(fn.keywords), fn.func
     sig = inspect.signature(fn)
     # for a class, the options are __init__'s parameters (get_type_hints(cls) would give the
     # class attributes' annotations instead)

@@ -1,9 +1,10 @@
 """Datasets: readers for the official file layouts, registered by name in ``DATASETS``.
 
 Importing this package registers ``digits`` (bundled), ``mnist``, ``fashion-mnist``,
-``cifar10``, ``cifar100``, ``tinyimagenet`` (in memory), the file-by-file ``cub200``, ``dogs``
-(Stanford Dogs), ``mit67`` (MIT Indoor-67), ``imagenet`` (ILSVRC-2012) and ``imagefolder``, and
-``synthetic`` (random images for benchmarks). ``load_dataset`` builds one from a name, a data
+``cifar10``, ``cifar100``, ``tinyimagenet`` and ``imagenet_dogs`` (in memory), the file-by-file
+``cub200``, ``dogs`` (Stanford Dogs), ``mit67`` (MIT Indoor-67), ``flowers102``,
+``stanford_cars``, ``fgvc_aircraft``, ``imagewoof``, ``imagenet`` (ILSVRC-2012) and
+``imagefolder``, and ``synthetic`` (random images for benchmarks). ``load_dataset`` builds one from a name, a data
 root and the user's options (checked against the reader's signature).
 """
 from __future__ import annotations
@@ -15,9 +16,11 @@ from . import (  # noqa: F401  (registration)
     cifar,
     digits,
     fgvc,
+    finegrained,
     idx,
     imagefolder,
     imagenet,
+    imagenet_dogs,
     synthetic,
     tinyimagenet,
 )

@@ -169,16 +169,21 @@ def first_synonyms(wnids: Sequence[str], words: Dict[str, str]) -> List[str]:
 
 
 def file_dataset(train_paths, train_labels, test_paths, test_labels, classes, image_size,
-                 resize, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> ImageFiles:
+                 resize, mean=IMAGENET_MEAN, std=IMAGENET_STD, val=None,
+                 train_crop: str = "random_resized_crop", resize_shape: str = "short_side") -> ImageFiles:
+    """An ``ImageFiles`` from path and label lists; ``val``: an optional official validation
+    split ``(paths, labels)``; ``train_crop``/``resize_shape``: the input protocol."""
     return ImageFiles(
         train=FileSplit(list(train_paths), torch.tensor(list(train_labels), dtype=torch.long)),
         test=FileSplit(list(test_paths), torch.tensor(list(test_labels), dtype=torch.long)),
         classes=list(classes),
         mean=tuple(float(m) for m in mean),
         std=tuple(float(v) for v in std),
-        val=None,
+        val=None if val is None else FileSplit(list(val[0]), torch.tensor(list(val[1]), dtype=torch.long)),
         image_size=image_size,
         resize=resize,
+        train_crop=train_crop,
+        resize_shape=resize_shape,
     )
 
 

@@ -94,6 +94,8 @@ class ImageFiles:
     val: Optional[FileSplit] = None
     image_size: int = 224
     resize: int = 256
+    train_crop: str = "random_resized_crop"   # or "resize_random_crop" (input protocol)
+    resize_shape: str = "short_side"          # or "square": how ``resize`` is applied
 
     @property
     def num_classes(self) -> int:

@@ -149,6 +149,13 @@ def _kaggle_labels(csv: Path, index: Dict[str, int], what: str
     return out
 
 
+def images_root(base: Path) -> Path:
+    """The folder holding train/ and val/: ROOT, or the Kaggle download's ILSVRC/Data/CLS-LOC."""
+    if not (base / "train").is_dir() and (base / KAGGLE_IMAGES / "train").is_dir():
+        return base / KAGGLE_IMAGES
+    return base
+
+
 def _class_images(folder: Path, what: str) -> List[str]:
     _, files = _scan(folder, what)
     prefix = str(folder)  # os.path.join: several times faster than Path for 1.28M files
@@ -172,9 +179,7 @@ def imagenet(
     what = "imagenet"
     check_file_options(image_size, resize, mean, std)
     base = need_root(root, what, LAYOUT)
-    images = base
-    if not (base / "train").is_dir() and (base / KAGGLE_IMAGES / "train").is_dir():
-        images = base / KAGGLE_IMAGES
+    images = images_root(base)
     missing = [s for s in ("train", "val") if not (images / s).is_dir()]
     if missing:
         raise DataError(f"{what}: {images} has no {' and no '.join(missing)} folder; "

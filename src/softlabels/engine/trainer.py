@@ -23,6 +23,7 @@ from ..errors import CheckpointError, ConfigError, SoftlabelsError
 from ..evaluate.metrics import classification_metrics
 from ..methods.base import build_objective
 from ..models import build_model
+from ..models.complexity import input_shape_of, model_complexity
 from . import checkpoint as ckpt
 from .optim import build_optimizer, build_schedule, param_groups
 from .runtime import Runtime, autocast_context, grad_scaler, seed_everything, setup_runtime
@@ -77,6 +78,9 @@ class Trainer:
         self.teachers = [t.to(dev).eval().requires_grad_(False) for t in teachers]
         self.objective.setup(self.model, self.teachers)
         self.objective.to(dev)
+        # parameters and FLOPs at inference and at training (models/complexity.py), for final.json
+        self.complexity = model_complexity(self.model, input_shape_of(self.data), self.objective,
+                                           self.teachers, k)
 
         self.train_loader, self.val_loader, self.test_loader = build_loaders(
             self.data, cfg.data, device=dev, seed=cfg.train.seed, rank=self.rt.rank,
@@ -415,6 +419,7 @@ class Trainer:
             "last": last_block,
             "best": best,
             "train_seconds": round(seconds, 2),
+            "complexity": self.complexity,
             **({"ema": {"epoch": last["epoch"], **last["ema"]}} if last and "ema" in last else {}),
             **({"stopped_early": {"epoch": self.stopped_early, "patience": c.train.early_stop_patience}}
                if self.stopped_early is not None else {}),

@@ -43,7 +43,8 @@ BYOT_REFERENCE = ("Zhang, Song, Gao, Chen, Bao, Ma, Be Your Own Teacher: Improve
 # feature_loss_coefficient 0.03); see docs/methods.md for the confidence in each.
 DEFAULT_TEMPERATURE, DEFAULT_ALPHA, DEFAULT_LAMBDA = 3.0, 0.3, 0.03
 
-SUPPORTED = "resnet8/20/56/110, resnet18/34/50, kt_resnet50, preact_resnet18_cskd"
+SUPPORTED = ("the CIFAR ResNets (resnet8 ... resnet110, resnet29, cifar_resnet), resnet10/18/34/50/101/152, "
+             "resnext101_32x4d, resnext29_*, densenet_bc, kt_resnet50, vgg16, preact_resnet18_cskd")
 
 
 # ---------------------------------------------------------------------------- modules
@@ -157,10 +158,14 @@ def byot_loss(shallow_logits: Sequence[torch.Tensor], deep_logits: torch.Tensor,
 # ---------------------------------------------------------------------------- method
 def _supported(model) -> bool:
     from ..models.cifar_resnet import CifarResNet
+    from ..models.densenet_bc import DenseNetBC
+    from ..models.kt import KTVGG16
     from ..models.preact import CSKDPreActResNet18
     from ..models.resnet import TorchvisionResNet
+    from ..models.resnext import CifarResNeXt
 
-    return isinstance(model, (CifarResNet, TorchvisionResNet, CSKDPreActResNet18))
+    # families whose stage maps halve from one stage to the next
+    return isinstance(model, (CifarResNet, TorchvisionResNet, CSKDPreActResNet18, CifarResNeXt, DenseNetBC, KTVGG16))
 
 
 @METHODS.register("byot", "Be Your Own Teacher: auxiliary classifiers on the shallow stages distilled from the deepest",

@@ -49,7 +49,8 @@ OFFICIAL_TARGET_EPS = 1e-7     # official loss/kl_loss.py: target = softmax(z_e/
 VARIANTS = ("paper", "official")
 INFERENCE = ("branch", "ensemble")
 
-SUPPORTED = "resnet8/20/56/110, resnet18/34/50, kt_resnet50, preact_resnet18_cskd"
+SUPPORTED = ("the CIFAR ResNets (resnet8 ... resnet110, resnet29, cifar_resnet), resnet10/18/34/50/101/152, "
+             "resnext101_32x4d, resnext29_*, densenet_bc, kt_resnet50, preact_resnet18_cskd")
 
 
 # ---------------------------------------------------------------------------- plain functions
@@ -227,8 +228,9 @@ class OnTheFlyNativeEnsemble(Method):
     rampup_epochs:  R of the sigmoid KL ramp-up; null = the variant's (paper 0, official 80).
 
     Logged terms: ``ce`` (Σ over the branches), ``ensemble_ce``, ``kl`` (weighted). Supported
-    models: the ResNet families (resnet8/20/56/110, resnet18/34/50, kt_resnet50,
-    preact_resnet18_cskd); others stop with a one-line ``model.name`` error.
+    models: those with the split-last-stage protocol (``SUPPORTED``: the ResNet and ResNeXt
+    families, densenet_bc, kt_resnet50, preact_resnet18_cskd); others stop with a one-line
+    ``model.name`` error.
     """
 
     needs_model_forward = True

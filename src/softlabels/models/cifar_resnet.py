@@ -11,6 +11,21 @@ Shortcuts where the shape changes (the first block of stages 2 and 3):
 
 Initialisation: convolutions Kaiming-normal (fan_out, ReLU), BatchNorm weight 1 / bias 0, the
 linear head PyTorch's default.
+
+Registered: ``cifar_resnet`` (option ``depth``, any 6n + 2 ≥ 8, or 9n + 2 with
+``bottleneck: true``), and the fixed depths ``resnet8/20/32/44/56/74/110`` (OLS Table XI uses
+ResNet-74) and ``resnet29``.
+
+``resnet29`` is OLS's "ResNet-29" (Tables VIII, XII, Fig. 7; CIFAR-10). The OLS authors' CIFAR
+code (github.com/zhangchbin/OnlineLabelSmoothing, ``cifar/models/resnet.py`` with
+``cifar/scripts/train_cifar_all_methods.py``) builds ``--net_type resnet --depth D`` as this CIFAR
+ResNet with **bottleneck** blocks by default (``--no-bottleneck`` switches them off), with
+n = (D − 2) / 9 blocks per stage; D = 29 therefore gives 3 bottleneck blocks per stage: 1×1 →
+3×3 (stride on the 3×3) → 1×1 convolutions with 16/32/64 inner channels expanded ×4 to
+64/128/256 outputs, projection shortcuts (1×1 conv + BN) wherever the shape changes (also the
+first block of stage 1, 16 → 64 channels), global average pooling, a 256-wide linear head.
+(The paper names the depth only; the script and model file are where the block type comes
+from.) 313,114 parameters for 10 classes.
 """
 from __future__ import annotations
 
@@ -20,6 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import ConfigError
 from ..registry import MODELS
 from .base import Classifier
 
@@ -66,27 +82,71 @@ class BasicBlock(nn.Module):
         return F.relu(out + self.downsample(x))
 
 
-class CifarResNet(Classifier):
-    """He et al. 2016 CIFAR ResNet of depth 6n + 2."""
+class BottleneckBlock(nn.Module):
+    """conv1×1 → BN → ReLU → conv3×3 (stride) → BN → ReLU → conv1×1 (×4 channels) → BN, plus
+    the shortcut, then ReLU."""
 
-    def __init__(self, depth: int, num_classes: int, in_channels: int = 3, shortcut: str = "B"):
+    expansion = 4
+
+    def __init__(self, in_channels: int, planes: int, stride: int, shortcut: str):
         super().__init__()
-        if (depth - 2) % 6 != 0 or depth < 8:
-            raise ValueError(f"CIFAR ResNet depth must be 6n+2 with n >= 1, got {depth}")
+        out_channels = planes * self.expansion
+        self.conv1 = nn.Conv2d(in_channels, planes, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, stride, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.conv3 = nn.Conv2d(planes, out_channels, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(out_channels)
+        if stride == 1 and in_channels == out_channels:
+            self.downsample = nn.Identity()
+        elif shortcut == "A":
+            self.downsample = PadShortcut(out_channels, stride)
+        else:
+            self.downsample = nn.Sequential(
+                nn.Conv2d(in_channels, out_channels, 1, stride, bias=False),
+                nn.BatchNorm2d(out_channels),
+            )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = F.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        return F.relu(out + self.downsample(x))
+
+
+def check_depth(depth: int, bottleneck: bool) -> int:
+    """Blocks per stage n of a CIFAR ResNet of ``depth`` (6n + 2, or 9n + 2 with bottlenecks)."""
+    per_block = 9 if bottleneck else 6
+    if isinstance(depth, bool) or not isinstance(depth, int) or (depth - 2) % per_block or depth < per_block + 2:
+        kind = "9n+2 (bottleneck blocks)" if bottleneck else "6n+2 (basic blocks)"
+        raise ConfigError(f"model.options.depth: a CIFAR ResNet's depth must be {kind} with n >= 1, "
+                          f"got {depth!r}")
+    return (depth - 2) // per_block
+
+
+class CifarResNet(Classifier):
+    """He et al. 2016 CIFAR ResNet of depth 6n + 2 (basic blocks) or 9n + 2 (bottlenecks)."""
+
+    def __init__(self, depth: int, num_classes: int, in_channels: int = 3, shortcut: str = "B",
+                 bottleneck: bool = False):
+        super().__init__()
+        n = check_depth(depth, bottleneck)
         if shortcut not in ("A", "B"):
             raise ValueError(f"shortcut must be 'A' or 'B', got {shortcut!r}")
-        n = (depth - 2) // 6
-        widths = (16, 32, 64)
+        planes = (16, 32, 64)
+        block = BottleneckBlock if bottleneck else BasicBlock
+        expansion = BottleneckBlock.expansion if bottleneck else 1
+        widths = tuple(p * expansion for p in planes)
         self.conv1 = nn.Conv2d(in_channels, 16, 3, 1, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(16)
         prev = 16
         stages = []
-        for i, width in enumerate(widths):
+        for i, width in enumerate(planes):
             blocks = []
             for j in range(n):
                 stride = 2 if (i > 0 and j == 0) else 1
-                blocks.append(BasicBlock(prev, width, stride, shortcut))
-                prev = width
+                blocks.append(block(prev, width, stride, shortcut))
+                prev = width * expansion
             stages.append(nn.Sequential(*blocks))
         self.layer1, self.layer2, self.layer3 = stages
         self.stage_channels = widths
@@ -131,21 +191,31 @@ class CifarResNet(Classifier):
         return module
 
 
-@MODELS.register("resnet8", "CIFAR ResNet-8 (He et al. 2016), 3 stages 16/32/64, 1 block each")
-def resnet8(num_classes: int, in_channels: int = 3, shortcut: Literal["B", "A"] = "B") -> CifarResNet:
-    return CifarResNet(8, num_classes, in_channels, shortcut)
+def _register_depth(depth: int) -> None:
+    n = (depth - 2) // 6
+
+    def factory(num_classes: int, in_channels: int = 3, shortcut: Literal["B", "A"] = "B") -> CifarResNet:
+        return CifarResNet(depth, num_classes, in_channels, shortcut)
+
+    factory.__name__ = f"resnet{depth}"
+    MODELS.register(f"resnet{depth}", f"CIFAR ResNet-{depth} (He et al. 2016), 3 stages 16/32/64, "
+                                      f"{n} block{'s' * (n > 1)} each")(factory)
 
 
-@MODELS.register("resnet20", "CIFAR ResNet-20 (He et al. 2016), 3 stages 16/32/64, 3 blocks each")
-def resnet20(num_classes: int, in_channels: int = 3, shortcut: Literal["B", "A"] = "B") -> CifarResNet:
-    return CifarResNet(20, num_classes, in_channels, shortcut)
+for _depth in (8, 20, 32, 44, 56, 74, 110):
+    _register_depth(_depth)
 
 
-@MODELS.register("resnet56", "CIFAR ResNet-56 (He et al. 2016), 3 stages 16/32/64, 9 blocks each")
-def resnet56(num_classes: int, in_channels: int = 3, shortcut: Literal["B", "A"] = "B") -> CifarResNet:
-    return CifarResNet(56, num_classes, in_channels, shortcut)
+@MODELS.register("cifar_resnet", "CIFAR ResNet of any depth (He et al. 2016): depth 6n+2 with basic blocks, "
+                                 "or 9n+2 with bottleneck: true")
+def cifar_resnet(num_classes: int, in_channels: int = 3, depth: int = 20,
+                 shortcut: Literal["B", "A"] = "B", bottleneck: bool = False) -> CifarResNet:
+    """depth: 6n+2 (basic blocks) or 9n+2 (bottleneck blocks); shortcut: B projection or A
+    zero-padding; bottleneck: 1×1-3×3-1×1 blocks with ×4 expansion."""
+    return CifarResNet(depth, num_classes, in_channels, shortcut, bottleneck)
 
 
-@MODELS.register("resnet110", "CIFAR ResNet-110 (He et al. 2016), 3 stages 16/32/64, 18 blocks each")
-def resnet110(num_classes: int, in_channels: int = 3, shortcut: Literal["B", "A"] = "B") -> CifarResNet:
-    return CifarResNet(110, num_classes, in_channels, shortcut)
+@MODELS.register("resnet29", "OLS's ResNet-29: CIFAR ResNet with 3 bottleneck blocks per stage, "
+                             "16/32/64 planes x4 = 64/128/256 channels (OLS authors' cifar/models/resnet.py)")
+def resnet29(num_classes: int, in_channels: int = 3) -> CifarResNet:
+    return CifarResNet(29, num_classes, in_channels, "B", bottleneck=True)

@@ -1,4 +1,11 @@
-"""ImageNet-style ResNet-18/34/50 (He et al. 2016), built with torchvision's own constructors.
+"""ImageNet-style ResNets (He et al. 2016) and ResNeXt-101 32×4d (Xie et al. 2017), built with
+torchvision's own constructors: ResNet-10/18/34/50/101/152 and ResNeXt-101 32×4d.
+
+ResNet-10 (CS-KD's Table 4 student; their ``resnet10``) is torchvision's ``ResNet`` class with
+one basic block per stage (``BasicBlock, [1, 1, 1, 1]``): 5,418,792 parameters for 1000
+classes. ResNeXt-101 32×4d (CS-KD Table 5), which torchvision does not ship, is its ``ResNet``
+class with bottleneck blocks ``[3, 4, 23, 3]``, ``groups=32``, ``width_per_group=4``
+(44,177,704 parameters for 1000 classes, as timm's ``resnext101_32x4d``).
 
 The torchvision model's modules are adopted under their torchvision names (``conv1``, ``bn1``,
 ``layer1`` … ``layer4``); only ``fc`` is renamed ``head``. A torchvision ImageNet state dict
@@ -10,7 +17,7 @@ convolution with 64 channels and the max-pool is removed (the network then downs
 ImageNet ``conv1`` weights do not fit that stem, so loading ImageNet weights into it is refused.
 
 Stage maps: the outputs of ``layer1`` … ``layer4``; embedding: global average pool + flatten
-(512 channels for ResNet-18/34, 2048 for ResNet-50).
+(512 channels for ResNet-10/18/34, 2048 for the bottleneck models).
 """
 from __future__ import annotations
 
@@ -23,12 +30,31 @@ from ..registry import MODELS
 from .base import Classifier, _tv_models
 
 
+def _resnet10(**kwargs):
+    from torchvision.models.resnet import BasicBlock, ResNet
+
+    return ResNet(BasicBlock, [1, 1, 1, 1], **kwargs)
+
+
+def _resnext101_32x4d(**kwargs):
+    from torchvision.models.resnet import Bottleneck, ResNet
+
+    return ResNet(Bottleneck, [3, 4, 23, 3], groups=32, width_per_group=4, **kwargs)
+
+
+# architectures torchvision has no constructor for, built from its ResNet class
+_EXTRA_ARCHS = {"resnet10": _resnet10, "resnext101_32x4d": _resnext101_32x4d}
+
+
 class TorchvisionResNet(Classifier):
     def __init__(self, arch: str, num_classes: int, in_channels: int = 3, stem: str = "imagenet"):
         super().__init__()
         if stem not in ("imagenet", "cifar"):
             raise ValueError(f"stem must be 'imagenet' or 'cifar', got {stem!r}")
-        net = getattr(_tv_models(), arch)(weights=None, num_classes=num_classes)
+        if arch in _EXTRA_ARCHS:
+            net = _EXTRA_ARCHS[arch](num_classes=num_classes)
+        else:
+            net = getattr(_tv_models(), arch)(weights=None, num_classes=num_classes)
         if stem == "cifar":
             conv1 = nn.Conv2d(in_channels, 64, kernel_size=3, stride=1, padding=1, bias=False)
         elif in_channels != 3:
@@ -113,3 +139,31 @@ def resnet50(
     num_classes: int, in_channels: int = 3, stem: Literal["imagenet", "cifar"] = "imagenet"
 ) -> TorchvisionResNet:
     return TorchvisionResNet("resnet50", num_classes, in_channels, stem)
+
+
+@MODELS.register("resnet10", f"ResNet-10 (CS-KD's student: torchvision ResNet, 1 basic block per stage), {_STEM}")
+def resnet10(
+    num_classes: int, in_channels: int = 3, stem: Literal["imagenet", "cifar"] = "imagenet"
+) -> TorchvisionResNet:
+    return TorchvisionResNet("resnet10", num_classes, in_channels, stem)
+
+
+@MODELS.register("resnet101", f"ResNet-101 (He et al. 2016, torchvision, bottleneck blocks), {_STEM}")
+def resnet101(
+    num_classes: int, in_channels: int = 3, stem: Literal["imagenet", "cifar"] = "imagenet"
+) -> TorchvisionResNet:
+    return TorchvisionResNet("resnet101", num_classes, in_channels, stem)
+
+
+@MODELS.register("resnet152", f"ResNet-152 (He et al. 2016, torchvision, bottleneck blocks; the CD teacher), {_STEM}")
+def resnet152(
+    num_classes: int, in_channels: int = 3, stem: Literal["imagenet", "cifar"] = "imagenet"
+) -> TorchvisionResNet:
+    return TorchvisionResNet("resnet152", num_classes, in_channels, stem)
+
+
+@MODELS.register("resnext101_32x4d", f"ResNeXt-101 32x4d (Xie et al. 2017; torchvision ResNet class, groups 32, width 4), {_STEM}")
+def resnext101_32x4d(
+    num_classes: int, in_channels: int = 3, stem: Literal["imagenet", "cifar"] = "imagenet"
+) -> TorchvisionResNet:
+    return TorchvisionResNet("resnext101_32x4d", num_classes, in_channels, stem)

@@ -16,9 +16,9 @@ Stage maps are taken at the end of each resolution level, just before the next h
 - MobileNetV2: after ``features[1]`` (/2, 16 ch at width 1), ``features[3]`` (/4, 24),
   ``features[6]`` (/8, 32), ``features[13]`` (/16, 96) and ``features[18]`` (the final 1×1 conv,
   /32, 1280): five stages.
-- EfficientNet-B0/B1/B2: after ``features[1]`` (/2), ``features[2]`` (/4), ``features[3]``
+- EfficientNet-B0/B1/B2/B7: after ``features[1]`` (/2), ``features[2]`` (/4), ``features[3]``
   (/8), ``features[5]`` (/16) and ``features[8]`` (final 1×1 conv, /32): five stages
-  (B0: 16/24/40/112/1280; B2: 16/24/48/120/1408).
+  (B0: 16/24/40/112/1280; B2: 16/24/48/120/1408; B7: 32/48/80/224/2560).
 
 ``stem="cifar"`` (downsampling by 8 instead of 32, for 32×32-size input):
 
@@ -272,3 +272,16 @@ def efficientnet_b2(
     stochastic_depth: float = 0.2,
 ) -> FeaturesClassifier:
     return _efficientnet("efficientnet_b2", num_classes, in_channels, stem, dropout, stochastic_depth)
+
+
+@MODELS.register("efficientnet_b7", f"EfficientNet-B7 (OLS Table VI) {_EFF}")
+def efficientnet_b7(
+    num_classes: int,
+    in_channels: int = 3,
+    stem: Literal["imagenet", "cifar"] = "imagenet",
+    dropout: float = 0.5,
+    stochastic_depth: float = 0.2,
+) -> FeaturesClassifier:
+    """torchvision's B7 defaults (dropout 0.5); 66,347,960 parameters for 1000 classes (the
+    number torchvision documents for its ImageNet weights); 600×600 is its native input size."""
+    return _efficientnet("efficientnet_b7", num_classes, in_channels, stem, dropout, stochastic_depth)
