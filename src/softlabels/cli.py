@@ -105,6 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--html", metavar="FILE", help="also write a self-contained HTML report with the saved "
                    "analyses (run `softlabels eval RUN_DIR --analyses` first) and comparative plots")
     p.add_argument("--title", help="title of the HTML report")
+    p.add_argument("--csv", metavar="FILE", help="also write the table as CSV (the same columns, mean ± std cells)")
+    p.add_argument("--latex", metavar="FILE", help="also write the table as a LaTeX tabular")
 
     p = sub.add_parser("bench", help="images/s of the engine's step vs a bare PyTorch loop")
     p.add_argument("--model", default="resnet8")
@@ -271,12 +273,26 @@ def cmd_eval(args) -> int:
 
 
 def cmd_report(args) -> int:
+    from .report.html import split_study_paths
     from .report.table import aggregate, find_runs, format_table
 
-    runs = find_runs(args.paths)
+    run_paths, studies = split_study_paths(args.paths)  # a study folder's tables: softlabels study, --html
+    for folder, _ in studies:
+        print(f"{folder}: a study folder; its tables are {folder}/table.md, .csv, .tex (and the HTML report)")
+    runs = find_runs(run_paths) if run_paths or not studies else []
     metrics = ("top1_error", "top5_error", "nll", "ece")
     rows = aggregate(runs, which=args.which, split=args.split, metrics=metrics)
-    print(format_table(rows, metrics, baseline=args.baseline, fmt="markdown" if args.markdown else "text"))
+    if rows:
+        print(format_table(rows, metrics, baseline=args.baseline, fmt="markdown" if args.markdown else "text"))
+    for fmt, file in (("csv", args.csv), ("latex", args.latex)):
+        if file:
+            from .report.table import write_table
+
+            if not rows:
+                raise ConfigError(f"--{fmt}: no runs to tabulate (a study folder has its own table.{'csv' if fmt == 'csv' else 'tex'})")
+
+            out = write_table(format_table(rows, metrics, baseline=args.baseline, fmt=fmt), file, f"{fmt} table")
+            print(f"{'CSV' if fmt == 'csv' else 'LaTeX'} table: {out}")
     if args.html:
         from .report.html import render_report
 
