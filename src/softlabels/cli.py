@@ -82,7 +82,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("eval", help="evaluate a run's checkpoint on a split; with --analyses, the papers' analyses",
                        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=_analyses_epilog())
-    p.add_argument("run_dir", help="a run directory written by train, compare or pipeline")
+    p.add_argument("run_dir", nargs="?", help="a run directory written by train, compare or pipeline, or a "
+                   "comparison/pipeline/study folder (every run in it, then a table)")
+    p.add_argument("--weights", metavar="FILE", help="evaluate a bare weights file instead of a run "
+                   "(with --model and --dataset)")
+    p.add_argument("--model", help="registered model name for --weights")
+    p.add_argument("--dataset", help="evaluate on this dataset (for a run: another than it was trained on; "
+                   "the number of classes must match)")
+    p.add_argument("--data-root", help="dataset directory for --dataset")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="with --dataset or --weights: data.* (and, for --weights, model.options.*) overrides, "
+                   "e.g. --set data.options.image_size=32")
     p.add_argument("--checkpoint", default="best", help="best (default), last, or epochN for a snapshot")
     p.add_argument("--split", choices=["test", "val"], default="test")
     p.add_argument("--device", default=None, help="auto, cpu, cuda or cuda:N")
@@ -247,8 +257,48 @@ def _analyses_epilog() -> str:
     return "\n".join(lines)
 
 
+def _eval_more(args) -> Optional[int]:
+    """eval of a bare weights file, on another dataset, or of every run in a folder; None: a
+    plain run directory, handled by cmd_eval."""
+    from .evaluate import run as ev
+
+    def show(metrics):
+        for k, v in metrics.items():
+            print(f"{k:>16}: {v:.4f}" if isinstance(v, float) else f"{k:>16}: {v}")
+
+    if args.weights:
+        if args.run_dir or not (args.model and args.dataset):
+            raise ConfigError("--weights FILE needs --model NAME and --dataset NAME, and no run directory")
+        show(ev.evaluate_weights(args.weights, args.model, args.dataset, data_root=args.data_root,
+                                 overrides=args.set, split=args.split, device=args.device))
+        return 0
+    if not args.run_dir:
+        raise ConfigError("give a run directory, a folder of runs, or --weights FILE --model NAME --dataset NAME")
+    if args.model or (args.set and not args.dataset) or (args.data_root and not args.dataset):
+        raise ConfigError("--model goes with --weights; --data-root and --set go with --dataset or --weights")
+    path = Path(args.run_dir)
+    if path.is_dir() and not (path / "config.yaml").is_file():
+        if args.analyses:
+            raise ConfigError(f"{path}: --analyses takes one run directory, not a folder of runs")
+        results = ev.evaluate_folder(path, checkpoint=args.checkpoint, split=args.split, device=args.device,
+                                     dataset=args.dataset, data_root=args.data_root, overrides=args.set)
+        print(ev.folder_table(results))
+        return 0
+    if args.dataset:
+        if args.analyses:
+            raise ConfigError("--analyses runs on the run's own dataset; drop --dataset")
+        show(ev.evaluate_run_on(path, args.dataset, data_root=args.data_root, overrides=args.set,
+                                checkpoint=args.checkpoint, split=args.split, device=args.device))
+        return 0
+    return None
+
+
 def cmd_eval(args) -> int:
     from .evaluate.run import evaluate_run
+
+    done = _eval_more(args)
+    if done is not None:
+        return done
 
     if args.analyses:
         from .evaluate.analyze import analyze_run

@@ -303,9 +303,11 @@ def collect(run_dir: Path, checkpoint: str, split: str, device=None) -> dict:
             **split_outputs(model, data, cfg.data, split, dev, cfg.train.seed, where=str(run_dir))}
 
 
-def split_outputs(model, data, data_cfg, split: str, device, seed: int = 0, where: str = "") -> dict:
+def split_outputs(model, data, data_cfg, split: str, device, seed: int = 0, where: str = "",
+                  check: Optional[Callable] = None) -> dict:
     """The loader of one split of prepared ``data`` and the model's logits, labels and
-    embeddings on it, in one pass (on the CPU)."""
+    embeddings on it, in one pass (on the CPU). ``check(logits, batch)`` is called on the first
+    batch (to refuse a model that does not fit the data before the whole split runs)."""
     from ..data.prepare import build_loaders
 
     if split == "val" and data.val is None:
@@ -316,6 +318,8 @@ def split_outputs(model, data, data_cfg, split: str, device, seed: int = 0, wher
     with torch.inference_mode():
         for batch in loader:
             out = model(batch.x)
+            if check is not None and not logits:
+                check(out.logits, batch)
             logits.append(out.logits.float().cpu())
             emb.append(out.embedding.float().cpu())
             labels.append(batch.y.cpu())
