@@ -271,26 +271,38 @@ def _or_maps(ctx: Context):
         "or_maps": plot_or_maps(x.cpu(), [m.cpu() for m in maps], [Path(m).name for m in members], ctx.mean, ctx.std)}
 
 
-# What each saved figure shows, keyed ``<analysis>-<figure>`` (the PNG's stem): the figure's title
-# and the HTML report's caption.
-FIGURE_CAPTIONS = {
-    "calibration-reliability": "Reliability diagram: accuracy per confidence bin, gap to the bin's confidence (CS-KD Fig. 5)",
-    "calibration-confidence": "Confidence (max softmax) of correct and wrong predictions",
-    "perclass-confusion": "Confusion matrix, rows normalised (per-class recall on the diagonal)",
-    "features-tsne": "t-SNE of the penultimate embeddings, coloured by true class (CS-KD Fig. 3)",
-    "predictions-topk": "Top-5 softmax scores of the chosen samples (CS-KD Fig. 1b, JGL Fig. 6)",
-    "predictions-misclassified": "Log-probabilities of the predicted and the true class on misclassified samples (CS-KD Fig. 2)",
-    "attention-gradcam": "Grad-CAM at every backbone stage for the chosen samples, true and predicted class per row (JGL Fig. 5)",
-    "errors-gradcam": "Grad-CAM of the most confident errors, true and predicted class per row",
-    "errors-topk": "Top-5 softmax scores of the most confident errors",
-    "baseline-gradcam": "Grad-CAM (last stage) of samples fixed and broken relative to the baseline run",
-    "noise-noisy_fit": "Error on the noisy training labels per epoch (OLS Fig. 5)",
-    "or_maps-or_maps": "Orthogonal-loss attention maps of the ensemble members (Zhang et al. 2021, Fig. 1)",
+# What each saved figure shows, keyed ``<analysis>-<figure>`` (the PNG's stem): (short title drawn
+# on the figure, caption for the HTML report).
+FIGURES = {
+    "calibration-reliability": ("Reliability diagram", "Reliability diagram: accuracy per confidence bin, hatched "
+                                "the gap to the bin's mean confidence (CS-KD Fig. 5)"),
+    "calibration-confidence": ("Confidence histogram", "Confidence (max softmax) of correct and wrong predictions"),
+    "perclass-confusion": ("Confusion matrix", "Confusion matrix, rows normalised (per-class recall on the diagonal)"),
+    "features-tsne": ("t-SNE of the embeddings", "t-SNE of the penultimate embeddings, coloured by true class "
+                      "(CS-KD Fig. 3)"),
+    "predictions-topk": ("Top-5 scores", "Top-5 softmax scores of the chosen samples (CS-KD Fig. 1b, JGL Fig. 6)"),
+    "predictions-misclassified": ("Log-probabilities on errors", "Log-probabilities of the predicted and the true "
+                                  "class on misclassified samples (CS-KD Fig. 2)"),
+    "attention-gradcam": ("Grad-CAM", "Grad-CAM at every backbone stage for the chosen samples, true and predicted "
+                          "class per row (JGL Fig. 5)"),
+    "errors-gradcam": ("Grad-CAM of the most confident errors", "Grad-CAM of the misclassified samples the model is "
+                       "surest of, true and predicted class per row"),
+    "errors-topk": ("Top-5 scores of the most confident errors", "Top-5 softmax scores of the misclassified samples "
+                    "the model is surest of"),
+    "baseline-gradcam": ("Grad-CAM of samples fixed and broken", "Grad-CAM (last stage) of the baseline run and this "
+                         "run on samples this run fixes and breaks, true and predicted classes per row"),
+    "noise-noisy_fit": ("Fit to the noisy labels", "Error on the noisy training labels per epoch (OLS Fig. 5)"),
+    "or_maps-or_maps": ("OR attention maps", "Orthogonal-loss attention maps of the ensemble members "
+                        "(Zhang et al. 2021, Fig. 1)"),
 }
 
 
 def figure_caption(analysis_name: str, figure_name: str) -> str:
-    return FIGURE_CAPTIONS.get(f"{analysis_name}-{figure_name}", f"{analysis_name}: {figure_name}")
+    return FIGURES.get(f"{analysis_name}-{figure_name}", ("", f"{analysis_name}: {figure_name}"))[1]
+
+
+def figure_title(analysis_name: str, figure_name: str) -> str:
+    return FIGURES.get(f"{analysis_name}-{figure_name}", (f"{analysis_name}: {figure_name}", ""))[0]
 
 
 # ------------------------------------------------------------------------------------ driver
@@ -410,7 +422,7 @@ def analyze_run(run_dir: Path, analyses: Optional[Sequence[str]] = None, *, chec
                 path = out_dir / f"{name}-{fig_name}.png"
                 captions[path.name] = figure_caption(name, fig_name)
                 fig.suptitle(f"{run['label']}, seed {run['seed']} ({checkpoint} checkpoint, {split}): "
-                             f"{captions[path.name].split(' (')[0]}", fontsize="medium", wrap=True)
+                             f"{figure_title(name, fig_name)}", fontsize="medium", wrap=True)
                 path.write_bytes(figure_to_png_bytes(fig))
                 files.append(path.name)
             results[name] = {"results": _jsonable(res), "figures": files, "captions": captions}

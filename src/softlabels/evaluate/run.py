@@ -107,7 +107,7 @@ def evaluate_run_on(run_dir: Path, dataset: str, *, data_root: Optional[str] = N
            **_metrics_on_data(model, cfg, split, device, str(run_dir), f"run {run_dir}")}
     eval_dir = run_dir / "eval"
     eval_dir.mkdir(exist_ok=True)
-    ckpt.atomic_write_text(eval_dir / f"{checkpoint}-{split}-on-{dataset}.json", json.dumps(out, indent=1))
+    ckpt.atomic_write_text(eval_dir / f"{checkpoint or 'best'}-{split}-on-{dataset}.json", json.dumps(out, indent=1))
     return out
 
 
