@@ -74,13 +74,15 @@ def test_optional_analyses(runs, capsys):
 
 
 STUDY = {"study": {"name": "cskd-table1", "title": "CS-KD Table 1: top-1 error (%)", "paper": "cskd",
-                   "source": "Table 1", "metrics": ["top1_error"]},
+                   "source": "Table 1", "metrics": ["top1_error"],
+                   "compare_to": "Cross-entropy"},
          "columns": [{"key": "c100", "label": "CIFAR-100 / ResNet-18"}],
          "lines": [{"key": "ce", "label": "Cross-entropy"}, {"key": "cskd", "label": "CS-KD"}],
          "cells": [{"line": "ce", "column": "c100", "metric": "top1_error", "n": 3, "mean": 24.9, "std": 0.3,
                     "paper_mean": 24.71, "paper_std": 0.24, "delta": 0.19, "verdict": "✔"},
                    {"line": "cskd", "column": "c100", "metric": "top1_error", "n": 3, "mean": 23.5, "std": 0.2,
-                    "paper_mean": 21.99, "paper_std": None, "delta": 1.51, "verdict": "✘"}]}
+                    "paper_mean": 21.99, "paper_std": None, "delta": 1.51, "verdict": "✘",
+                    "vs_ref": {"n": 3, "mean_diff": -1.4, "std_diff": 0.2, "p": 0.012, "sign": "better", "wins": 3}}]}
 
 
 def test_html_report_renders_every_plot_in_chromium(runs, tmp_path):
@@ -97,10 +99,11 @@ def test_html_report_renders_every_plot_in_chromium(runs, tmp_path):
     (study / "table.json").write_text(json.dumps(STUDY))
     page = tmp_path / "report.html"
     assert main(["report", str(cmp_dir), str(study), "--html", str(page), "--title", "digits",
-                 "--baseline", "ce"]) == 0
+                 "--baseline", "ce", "--band", "std"]) == 0
     text = page.read_text()
     assert "http://" not in text and "https://" not in text  # self-contained
     assert text.count("<img") >= 20
+    assert "bands: ± one standard deviation over seeds" in text
     for section in ("Summary", "Learning curves", "Methods side by side (seeds pooled)",
                     "Samples fixed and broken relative to ce", "Misclassified samples chosen by the analysis",
                     "Feature space", "OLS soft-label matrices", "Config differences between methods",
@@ -117,6 +120,7 @@ def test_html_report_renders_every_plot_in_chromium(runs, tmp_path):
     assert re.search(r"<td>ols</td><td>2</td><td>[\d.]+ ± [\d.]+</td>", fixed)
     assert "<td>method.name</td><td>ce</td><td>ols</td>" in text
     assert "CS-KD Table 1" in text and "24.90 ± 0.30 (3) · paper 24.71 ± 0.24 · Δ +0.19" in text
+    assert "Δ +1.51 · vs Cross-entropy: -1.40 (better, 3/3 seeds, p = 0.012)" in text
     # every figure has a caption that says what it shows, not a file name
     captions = re.findall(r"<figcaption>(.*?)</figcaption>", text)
     assert len(captions) == text.count("<img") and not [c for c in captions if ".png" in c or len(c) < 20]

@@ -115,6 +115,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--html", metavar="FILE", help="also write a self-contained HTML report with the saved "
                    "analyses (run `softlabels eval RUN_DIR --analyses` first) and comparative plots")
     p.add_argument("--title", help="title of the HTML report")
+    p.add_argument("--band", choices=["minmax", "std"], default="minmax",
+                   help="HTML learning curves: band over seeds from min to max (default) or ± one std")
     p.add_argument("--csv", metavar="FILE", help="also write the table as CSV (the same columns, mean ± std cells)")
     p.add_argument("--latex", metavar="FILE", help="also write the table as a LaTeX tabular")
 
@@ -347,7 +349,7 @@ def cmd_report(args) -> int:
         from .report.html import render_report
 
         out = render_report(args.paths, Path(args.html), which=args.which, split=args.split,
-                            baseline=args.baseline, title=args.title)
+                            baseline=args.baseline, title=args.title, band=args.band)
         print(f"HTML report: {out}")
     return 0
 

@@ -213,7 +213,8 @@ def study_table_path(path: Path) -> Optional[Path]:
 def read_study_table(path: Path) -> dict:
     """A study's ``table.json`` as ``{title, source, columns: [label], rows: [{label, cells:
     {column label: {ours_mean, ours_std, n, paper_mean, paper_std, delta, verdict}}}]}`` (one
-    cell per column, the study's main metric).
+    cell per column, the study's main metric; a cell may also hold ``vs_ref``, the paired
+    comparison with the study's ``compare_to`` row: {mean_diff, sign, wins, n, p}).
 
     Reads what ``softlabels study`` writes (``study``, ``columns`` [{key, label}], ``lines``
     and ``cells``: one record per line, column and metric) and that documented shape itself.
@@ -243,12 +244,14 @@ def read_study_table(path: Path) -> dict:
         by_line.setdefault(rec.get("line"), {})[col_label.get(rec.get("column"), str(rec.get("column")))] = {
             "ours_mean": rec.get("mean"), "ours_std": rec.get("std"), "n": rec.get("n"),
             "paper_mean": rec.get("paper_mean"), "paper_std": rec.get("paper_std"),
-            "delta": rec.get("delta"), "verdict": rec.get("verdict")}
+            "delta": rec.get("delta"), "verdict": rec.get("verdict"),
+            **({"vs_ref": rec["vs_ref"]} if isinstance(rec.get("vs_ref"), dict) else {})}
     rows = [{"label": str(ln.get("label", ln.get("key"))), "cells": by_line.get(ln.get("key"), {})}
             for ln in lines if isinstance(ln, dict)]
     title = str(study.get("title") or study.get("name") or path.parent.name)
     source = " ".join(str(x) for x in (study.get("paper"), study.get("source")) if x and x != "none")
-    return {"title": title, "source": source, "metric": metric, "columns": list(col_label.values()), "rows": rows}
+    return {"title": title, "source": source, "metric": metric, "columns": list(col_label.values()), "rows": rows,
+            "compare_to": study.get("compare_to")}
 
 
 def split_study_paths(paths: Sequence[str]) -> Tuple[List[Path], List[Tuple[Path, Path]]]:
@@ -297,6 +300,11 @@ def _study_html(table: dict, folder: Path) -> str:
                 parts.append(f"paper {paper}")
             if c.get("delta") is not None:
                 parts.append(f"Δ {c['delta']:+.2f}")
+            ref = c.get("vs_ref")
+            if isinstance(ref, dict) and isinstance(ref.get("mean_diff"), (int, float)):
+                p = f", p = {ref['p']:.3f}" if isinstance(ref.get("p"), (int, float)) else ""
+                parts.append(f"vs {table.get('compare_to') or 'reference'}: {ref['mean_diff']:+.2f} "
+                             f"({ref.get('sign', '')}, {ref.get('wins', '?')}/{ref.get('n', '?')} seeds{p})")
             text = html.escape(" · ".join(parts))
             verdict = c.get("verdict")
             if verdict:
