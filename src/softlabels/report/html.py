@@ -34,9 +34,9 @@ body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem 
 h1{font-size:1.6rem} h2{font-size:1.25rem;margin-top:2rem;border-bottom:1px solid #ddd;padding-bottom:.3rem} h3{font-size:1.05rem}
 table{border-collapse:collapse;margin:.5rem 0 1rem} th,td{border:1px solid #ccc;padding:.3rem .6rem;text-align:right}
 th:first-child,td:first-child{text-align:left} th{background:#f3f3f3}
-figure{display:inline-block;margin:.5rem;vertical-align:top;max-width:100%} figcaption{font-size:.85rem;color:#555;text-align:left;max-width:640px}
+figure{display:inline-table;margin:.5rem;vertical-align:top;max-width:100%} figcaption{display:table-caption;caption-side:bottom;font-size:.85rem;color:#555;text-align:left;padding-top:.2rem}
 img{max-width:100%;height:auto;border:1px solid #eee} details{margin:.5rem 0} summary{cursor:pointer;font-weight:600}
-.note{color:#666;font-size:.9rem} figure.half{max-width:47%} .ok{color:#1a7f37} .bad{color:#cf222e} code{font-size:.85rem}
+.note{color:#666;font-size:.9rem} figure.half img{max-width:540px} .ok{color:#1a7f37} .bad{color:#cf222e} code{font-size:.85rem}
 """
 
 SCRIPT = """
@@ -67,10 +67,10 @@ def _fig_uri(fig) -> str:
     return figure_to_data_uri(fig)
 
 
-def _fig(fig, title: str, caption: str) -> str:
+def _fig(fig, title: str, caption: str, cls: str = "") -> str:
     """A comparative figure with its title drawn on it and its caption below."""
     fig.suptitle(title, fontsize="medium")
-    return _img(_fig_uri(fig), caption, alt=title)
+    return _img(_fig_uri(fig), caption, alt=title, cls=cls)
 
 
 def _read_json(path: Path) -> Optional[Any]:
@@ -385,7 +385,7 @@ def _pooled_figures(analyses: Dict[str, List[Tuple[Path, Optional[dict]]]]) -> L
     for label, (cm, n) in conf.items():
         out.append(_fig(plots.plot_confusion_matrix(cm), f"{label}: confusion matrix, {n} seeds summed",
                         f"{label}: confusion matrix summed over {n} seeds, each row normalised by the samples "
-                        f"of its true class (per-class recall on the diagonal)."))
+                        f"of its true class (per-class recall on the diagonal).", cls="half"))
     if mis:
         out.append(_fig(plots.plot_misclassified_histograms(mis), "Log-probabilities on misclassified samples",
                         "Histograms of the log-probability of (a) the predicted class and (b) the true class on "
@@ -552,7 +552,7 @@ def render_report(paths: Sequence[str], out_html: Path, *, which: str = "best", 
                                 f"{label}: OLS soft-label matrix, mean of {len(mats)} seeds",
                                 f"{label}: the soft labels at the end of training (last checkpoint), row c being "
                                 f"the target distribution for samples of class c, averaged over {len(mats)} "
-                                f"seeds (OLS Fig. 1)."))
+                                f"seeds (OLS Fig. 1).", cls="half"))
         if ols:
             parts += ["<h2>OLS soft-label matrices</h2>", *ols]
 
