@@ -154,3 +154,21 @@ def test_study_table_reader_takes_both_shapes(tmp_path):
     (tmp_path / "c.json").write_text("[1, 2]")
     with pytest.raises(SoftlabelsError, match="not a study table"):
         read_study_table(tmp_path / "c.json")
+
+
+def test_soft_label_matrix_read_from_the_last_checkpoint(tmp_path):
+    from safetensors.torch import save_file
+
+    from softlabels.report.html import soft_label_matrix
+
+    ckpt = tmp_path / "run" / "checkpoints"
+    ckpt.mkdir(parents=True)
+    assert soft_label_matrix(tmp_path / "run") is None  # no checkpoint
+    m = torch.softmax(torch.randn(4, 4), 1)
+    save_file({"model.head.weight": torch.zeros(4, 2), "method.methods.ols.soft_label_matrix": m},
+              str(ckpt / "last.safetensors"))
+    assert torch.allclose(soft_label_matrix(tmp_path / "run"), m.double())
+    save_file({"model.head.weight": torch.zeros(4, 2)}, str(ckpt / "last.safetensors"))
+    assert soft_label_matrix(tmp_path / "run") is None  # not an OLS run
+    (ckpt / "last.safetensors").write_bytes(b"torn")
+    assert soft_label_matrix(tmp_path / "run") is None

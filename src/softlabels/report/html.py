@@ -184,17 +184,20 @@ def environment_summary(runs: Sequence[Path]) -> List[Tuple[str, str]]:
 
 
 def soft_label_matrix(run: Path) -> Optional[Any]:
-    """The OLS soft-label matrix of a run's last checkpoint (the method state key ending in
-    ``soft_label_matrix``), or None when the run has none (not OLS, or no checkpoint)."""
-    from ..engine import checkpoint as ckpt
+    """The OLS soft-label matrix in a run's last checkpoint (the method-state key, prefixed
+    ``method.``, ending in ``soft_label_matrix``), or None when the run has none (not OLS, no
+    checkpoint, an unreadable file). Only that tensor is read, never the optimiser state."""
+    from safetensors import SafetensorError, safe_open
 
-    stem = Path(run) / "checkpoints" / "last"
-    try:
-        tensors, _ = ckpt.load_checkpoint(stem)
-    except SoftlabelsError:
+    files = sorted(Path(run, "checkpoints").glob("last*.safetensors"), key=lambda f: f.stat().st_mtime)
+    if not files:
         return None
-    keys = [k for k in tensors if k.startswith("method.") and k.endswith("soft_label_matrix")]
-    return tensors[keys[0]].double() if keys else None
+    try:
+        with safe_open(str(files[-1]), framework="pt") as f:
+            keys = [k for k in f.keys() if k.startswith("method.") and k.endswith("soft_label_matrix")]
+            return f.get_tensor(keys[0]).double() if keys else None
+    except (SafetensorError, OSError, ValueError, RuntimeError):
+        return None
 
 
 # --------------------------------------------------------------------------- paper studies
