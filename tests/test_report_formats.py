@@ -172,3 +172,20 @@ def test_soft_label_matrix_read_from_the_last_checkpoint(tmp_path):
     assert soft_label_matrix(tmp_path / "run") is None  # not an OLS run
     (ckpt / "last.safetensors").write_bytes(b"torn")
     assert soft_label_matrix(tmp_path / "run") is None
+
+
+def test_robustness_and_feature_tables_are_mean_and_std_over_seeds(tmp_path):
+    from softlabels.report.html import _seed_table
+
+    def an(seed, clean, pgd):
+        return {"_run": {"seed": seed}, "robustness": {"results": {"samples": 64, "clean": {"top1_error": clean},
+                                                                   "pgd": {"top1_error": pgd}}}}
+
+    analyses = {"ce": [(tmp_path, an(0, 10.0, 80.0)), (tmp_path, an(1, 12.0, 90.0))],
+                "ols": [(tmp_path, an(0, 9.0, 70.0)), (tmp_path, None)]}
+    page = _seed_table(analyses, "robustness", lambda r: {k: v["top1_error"] for k, v in r.items()
+                                                         if isinstance(v, dict)})
+    assert "<th>clean</th><th>pgd</th>" in page
+    assert "<td>ce</td><td>2</td><td>11.00 ± 1.41</td><td>85.00 ± 7.07</td>" in page
+    assert "<td>ols</td><td>1</td><td>9.00 ± 0.00</td><td>70.00 ± 0.00</td>" in page
+    assert _seed_table(analyses, "features", lambda r: r) is None
