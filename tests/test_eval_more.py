@@ -76,6 +76,7 @@ def test_eval_a_run_on_another_dataset(cmp_dir, capsys):
     _one_line_error(capsys, ["eval", str(run), "--dataset", "synthetic", "--set", "model.name=resnet20"],
                     "only data.* keys")
     _one_line_error(capsys, ["eval", str(run), "--set", "data.options.channels=3"], "--dataset")
+    _one_line_error(capsys, ["eval"], "a run directory, a folder of runs, or --weights")
     # a whole folder on another dataset
     capsys.readouterr()
     assert main(["eval", str(cmp_dir), "--dataset", "synthetic", "--set", "data.options.test_size=32"]) == 0

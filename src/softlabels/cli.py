@@ -107,7 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-adversarial", type=int, default=1000, help="test samples attacked (analysis robustness)")
 
     p = sub.add_parser("report", help="table of one or more runs / comparison folders (mean ± std over seeds)")
-    p.add_argument("paths", nargs="+", help="run directories or folders containing them")
+    p.add_argument("paths", nargs="+", help="run directories or folders containing them; a study folder "
+                   "(holding table.json) adds its tables to the HTML report")
     p.add_argument("--which", choices=["best", "last"], default="best")
     p.add_argument("--split", choices=["test", "val"], default="test")
     p.add_argument("--baseline", help="method label for the relative error reduction column")
