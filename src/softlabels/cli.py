@@ -127,9 +127,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("eval", help="evaluate a run's checkpoint on a split; with --analyses, the papers' analyses",
                        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=_analyses_epilog())
-    p.add_argument("run_dir", help="a run directory written by train, compare or pipeline")
+    p.add_argument("run_dir", nargs="?", help="a run directory written by train, compare or pipeline, or a "
+                   "comparison/pipeline/study folder (every run in it, then a table)")
+    p.add_argument("--weights", metavar="FILE", help="evaluate a bare weights file instead of a run "
+                   "(with --model and --dataset)")
+    p.add_argument("--model", help="registered model name for --weights")
+    p.add_argument("--dataset", help="evaluate on this dataset (for a run: another than it was trained on; "
+                   "the number of classes must match)")
+    p.add_argument("--data-root", help="dataset directory for --dataset")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="with --dataset or --weights: data.* (and, for --weights, model.options.*) overrides, "
+                   "e.g. --set data.options.image_size=32")
     p.add_argument("--checkpoint", default=None, help="best (default: the checkpoint final.json names as best, "
-                   "last for a run without a validation split), last, or epochN for a snapshot")
+                   "last for a run without a validation split), last, ema, or epochN for a snapshot")
     p.add_argument("--split", choices=["test", "val"], default="test")
     p.add_argument("--device", default=None, help="auto, cpu, cuda or cuda:N")
     p.add_argument("--analyses", nargs="?", const="default", metavar="A,B,...",
@@ -144,7 +154,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("report", help="table of one or more runs / comparison folders (mean ± std over seeds)")
     p.add_argument("paths", nargs="+", help="run directories or folders containing them; a method found in "
-                   "several of these folders gets one row per folder, labelled FOLDER/METHOD")
+                   "several of these folders gets one row per folder, labelled FOLDER/METHOD; a study folder "
+                   "(holding table.json) adds its tables to the HTML report")
     p.add_argument("--merge", action="store_true", help="pool runs of the same label across the folders "
                    "(e.g. seeds 0-2 in one folder, 3-4 in another) instead of one row per folder")
     p.add_argument("--which", choices=["best", "last"], default="best")
@@ -154,6 +165,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--html", metavar="FILE", help="also write a self-contained HTML report with the saved "
                    "analyses (run `softlabels eval RUN_DIR --analyses` first) and comparative plots")
     p.add_argument("--title", help="title of the HTML report")
+    p.add_argument("--band", choices=["minmax", "std"], default="minmax",
+                   help="HTML learning curves: band over seeds from min to max (default) or ± one std")
+    p.add_argument("--csv", metavar="FILE", help="also write the table as CSV (the same columns, mean ± std cells)")
+    p.add_argument("--latex", metavar="FILE", help="also write the table as a LaTeX tabular")
 
     p = sub.add_parser("bench", help="images/s of the engine's step vs a bare PyTorch loop")
     p.add_argument("--model", default="resnet8")
@@ -313,8 +328,48 @@ def _analyses_epilog() -> str:
     return "\n".join(lines)
 
 
+def _eval_more(args) -> Optional[int]:
+    """eval of a bare weights file, on another dataset, or of every run in a folder; None: a
+    plain run directory, handled by cmd_eval."""
+    from .evaluate import run as ev
+
+    def show(metrics):
+        for k, v in metrics.items():
+            print(f"{k:>16}: {v:.4f}" if isinstance(v, float) else f"{k:>16}: {v}")
+
+    if args.weights:
+        if args.run_dir or not (args.model and args.dataset):
+            raise ConfigError("--weights FILE needs --model NAME and --dataset NAME, and no run directory")
+        show(ev.evaluate_weights(args.weights, args.model, args.dataset, data_root=args.data_root,
+                                 overrides=args.set, split=args.split, device=args.device))
+        return 0
+    if not args.run_dir:
+        raise ConfigError("give a run directory, a folder of runs, or --weights FILE --model NAME --dataset NAME")
+    if args.model or (args.set and not args.dataset) or (args.data_root and not args.dataset):
+        raise ConfigError("--model goes with --weights; --data-root and --set go with --dataset or --weights")
+    path = Path(args.run_dir)
+    if path.is_dir() and not (path / "config.yaml").is_file():
+        if args.analyses:
+            raise ConfigError(f"{path}: --analyses takes one run directory, not a folder of runs")
+        results = ev.evaluate_folder(path, checkpoint=args.checkpoint, split=args.split, device=args.device,
+                                     dataset=args.dataset, data_root=args.data_root, overrides=args.set)
+        print(ev.folder_table(results))
+        return 0
+    if args.dataset:
+        if args.analyses:
+            raise ConfigError("--analyses runs on the run's own dataset; drop --dataset")
+        show(ev.evaluate_run_on(path, args.dataset, data_root=args.data_root, overrides=args.set,
+                                checkpoint=args.checkpoint, split=args.split, device=args.device))
+        return 0
+    return None
+
+
 def cmd_eval(args) -> int:
     from .evaluate.run import evaluate_run
+
+    done = _eval_more(args)
+    if done is not None:
+        return done
 
     if args.analyses:
         from .evaluate.analyze import analyze_run
@@ -339,18 +394,32 @@ def cmd_eval(args) -> int:
 
 
 def cmd_report(args) -> int:
+    from .report.html import split_study_paths
     from .report.table import aggregate, find_runs, folder_labels, format_table
 
-    runs = find_runs(args.paths)
-    labels = None if args.merge else folder_labels(args.paths)
+    run_paths, studies = split_study_paths(args.paths)  # a study folder's tables: softlabels study, --html
+    for folder, _ in studies:
+        print(f"{folder}: a study folder; its tables are {folder}/table.md, .csv, .tex (and the HTML report)")
+    runs = find_runs(run_paths) if run_paths or not studies else []
+    labels = None if args.merge or not run_paths else folder_labels(run_paths)
     metrics = ("top1_error", "top5_error", "nll", "ece")
     rows = aggregate(runs, which=args.which, split=args.split, metrics=metrics, labels=labels)
-    print(format_table(rows, metrics, baseline=args.baseline, fmt="markdown" if args.markdown else "text"))
+    if rows:
+        print(format_table(rows, metrics, baseline=args.baseline, fmt="markdown" if args.markdown else "text"))
+    for fmt, file in (("csv", args.csv), ("latex", args.latex)):
+        if file:
+            from .report.table import write_table
+
+            if not rows:
+                raise ConfigError(f"--{fmt}: no runs to tabulate (a study folder has its own table.{'csv' if fmt == 'csv' else 'tex'})")
+
+            out = write_table(format_table(rows, metrics, baseline=args.baseline, fmt=fmt), file, f"{fmt} table")
+            print(f"{'CSV' if fmt == 'csv' else 'LaTeX'} table: {out}")
     if args.html:
         from .report.html import render_report
 
         out = render_report(args.paths, Path(args.html), which=args.which, split=args.split,
-                            baseline=args.baseline, title=args.title, labels=labels)
+                            baseline=args.baseline, title=args.title, band=args.band, labels=labels)
         print(f"HTML report: {out}")
     return 0
 

@@ -116,6 +116,7 @@ def _predictions(ctx: Context):
     topk = predictions.topk_predictions(ctx.logits, ctx.labels, ctx.sample_index, 5, ctx.class_names)
     mis = predictions.misclassified_log_probs(ctx.logits, ctx.labels)
     res = {"true_class_probability": [round(float(v), 6) for v in true_p],
+           "predicted": ctx.logits.argmax(1).tolist(), "labels": ctx.labels.tolist(),
            "true_class_box": predictions.box_stats(true_p), "topk": topk, "misclassified_log_probs": mis}
     label = ctx.cfg.name or ctx.cfg.method.name
     return res, {"topk": plots.plot_topk_bars(topk),
@@ -134,7 +135,23 @@ def _baseline(ctx: Context):
     if not torch.equal(base["labels"], ctx.labels):
         raise DataError(f"baseline {base_dir}: its {ctx.options.get('split', 'test')} split differs from this run's")
     res = predictions.fixed_and_broken(base["logits"], ctx.logits, ctx.labels)
-    return {"baseline": str(base_dir), **res}, {}
+    samples = predictions.fixed_and_broken_samples(base["logits"], ctx.logits, ctx.labels,
+                                                   max(1, int(ctx.options.get("samples", 8)) // 2))
+    figs = {}
+    index = samples["fixed"] + samples["broken"]
+    if index:
+        from .attention import grad_cam, plot_cams
+
+        x = sample_images(ctx.loader, torch.tensor(index)).to(ctx.device)
+        base_name = base["cfg"].name or base["cfg"].method.name
+        this = ctx.cfg.name or ctx.cfg.method.name
+        cams = {f"{base_name} (baseline)": [grad_cam(base["model"], x)[-1].cpu()],
+                this: [grad_cam(ctx.model, x)[-1].cpu()]}
+        rows = [f"{'fixed' if n < len(samples['fixed']) else 'broken'} {a}\n{b.split(chr(10))[1]}"
+                for n, (a, b) in enumerate(zip(sample_labels(ctx, index, base["logits"], "baseline "),
+                                               sample_labels(ctx, index)))]
+        figs["gradcam"] = plot_cams(x.cpu(), cams, ctx.mean, ctx.std, stage_names=["last stage"], row_labels=rows)
+    return {"baseline": str(base_dir), **res, "samples": samples}, figs
 
 
 @analysis("attention", "Grad-CAM at every backbone stage for the chosen samples")
@@ -145,7 +162,40 @@ def _attention(ctx: Context):
     cams = grad_cam(ctx.model, x)
     names = [f"stage {i + 1}" for i in range(len(cams))]
     return {"stages": len(cams)}, {"gradcam": plot_cams(x.cpu(), {"Grad-CAM": [c.cpu() for c in cams]},
-                                                         ctx.mean, ctx.std, stage_names=names)}
+                                                         ctx.mean, ctx.std, stage_names=names,
+                                                         row_labels=sample_labels(ctx, ctx.sample_index))}
+
+
+def sample_labels(ctx: Context, index, logits: Optional[torch.Tensor] = None, who: str = "") -> List[str]:
+    """``#i true: A / pred: B (p)`` for each sample position in ``index`` (``logits``: another
+    model's, e.g. a baseline's; ``who`` names it)."""
+    logits = ctx.logits if logits is None else logits
+    names = ctx.class_names
+    probs = torch.softmax(logits[torch.as_tensor(index, dtype=torch.long)].double(), 1)
+    out = []
+    for i, p in zip(index, probs):
+        i, y, k = int(i), int(ctx.labels[int(i)]), int(p.argmax())
+        mark = "✓" if k == y else "✗"
+        out.append(f"#{i} true: {names[y]}\n{who}pred: {names[k]} ({float(p[k]):.2f}) {mark}")
+    return out
+
+
+@analysis("errors", "the most confident misclassified samples: top-5 bars and Grad-CAM with true and predicted labels")
+def _errors(ctx: Context):
+    from . import plots, predictions
+    from .attention import grad_cam, plot_cams
+
+    index = predictions.most_confident_errors(ctx.logits, ctx.labels, int(ctx.options.get("samples", 8)))
+    if not index:
+        return {"indices": []}, {}
+    x = sample_images(ctx.loader, torch.tensor(index)).to(ctx.device)
+    cams = grad_cam(ctx.model, x)
+    names = [f"stage {i + 1}" for i in range(len(cams))]
+    topk = predictions.topk_predictions(ctx.logits, ctx.labels, index, 5, ctx.class_names)
+    return {"indices": index, "topk": topk}, {
+        "gradcam": plot_cams(x.cpu(), {"Grad-CAM": [c.cpu() for c in cams]}, ctx.mean, ctx.std,
+                             stage_names=names, row_labels=sample_labels(ctx, index)),
+        "topk": plots.plot_topk_bars(topk)}
 
 
 @analysis("robustness", "accuracy under FGSM (eps 8/255) and PGD-20 (OLS Tables VIII-IX)", default=False)
@@ -221,27 +271,71 @@ def _or_maps(ctx: Context):
         "or_maps": plot_or_maps(x.cpu(), [m.cpu() for m in maps], [Path(m).name for m in members], ctx.mean, ctx.std)}
 
 
+# What each saved figure shows, keyed ``<analysis>-<figure>`` (the PNG's stem): (short title drawn
+# on the figure, caption for the HTML report).
+FIGURES = {
+    "calibration-reliability": ("Reliability diagram", "Reliability diagram: accuracy per confidence bin, hatched "
+                                "the gap to the bin's mean confidence (CS-KD Fig. 5)"),
+    "calibration-confidence": ("Confidence histogram", "Confidence (max softmax) of correct and wrong predictions"),
+    "perclass-confusion": ("Confusion matrix", "Confusion matrix, rows normalised (per-class recall on the diagonal)"),
+    "features-tsne": ("t-SNE of the embeddings", "t-SNE of the penultimate embeddings, coloured by true class "
+                      "(CS-KD Fig. 3)"),
+    "predictions-topk": ("Top-5 scores", "Top-5 softmax scores of the chosen samples (CS-KD Fig. 1b, JGL Fig. 6)"),
+    "predictions-misclassified": ("Log-probabilities on errors", "Log-probabilities of the predicted and the true "
+                                  "class on misclassified samples (CS-KD Fig. 2)"),
+    "attention-gradcam": ("Grad-CAM", "Grad-CAM at every backbone stage for the chosen samples, true and predicted "
+                          "class per row (JGL Fig. 5)"),
+    "errors-gradcam": ("Grad-CAM of the most confident errors", "Grad-CAM of the misclassified samples the model is "
+                       "surest of, true and predicted class per row"),
+    "errors-topk": ("Top-5 scores of the most confident errors", "Top-5 softmax scores of the misclassified samples "
+                    "the model is surest of"),
+    "baseline-gradcam": ("Grad-CAM of samples fixed and broken", "Grad-CAM (last stage) of the baseline run and this "
+                         "run on samples this run fixes and breaks, true and predicted classes per row"),
+    "noise-noisy_fit": ("Fit to the noisy labels", "Error on the noisy training labels per epoch (OLS Fig. 5)"),
+    "or_maps-or_maps": ("OR attention maps", "Orthogonal-loss attention maps of the ensemble members "
+                        "(Zhang et al. 2021, Fig. 1)"),
+}
+
+
+def figure_caption(analysis_name: str, figure_name: str) -> str:
+    return FIGURES.get(f"{analysis_name}-{figure_name}", ("", f"{analysis_name}: {figure_name}"))[1]
+
+
+def figure_title(analysis_name: str, figure_name: str) -> str:
+    return FIGURES.get(f"{analysis_name}-{figure_name}", (f"{analysis_name}: {figure_name}", ""))[0]
+
+
 # ------------------------------------------------------------------------------------ driver
 def collect(run_dir: Path, checkpoint: str, split: str, device=None) -> dict:
     """Model, loader and the split's logits/labels/embeddings in one pass."""
-    from ..data.prepare import build_loaders
     from .run import load_run_model
 
     cfg, data, model, dev, meta = load_run_model(run_dir, checkpoint, device)
+    return {"cfg": cfg, "data": data, "model": model, "device": dev, "meta": meta,
+            **split_outputs(model, data, cfg.data, split, dev, cfg.train.seed, where=str(run_dir))}
+
+
+def split_outputs(model, data, data_cfg, split: str, device, seed: int = 0, where: str = "",
+                  check: Optional[Callable] = None) -> dict:
+    """The loader of one split of prepared ``data`` and the model's logits, labels and
+    embeddings on it, in one pass (on the CPU). ``check(logits, batch)`` is called on the first
+    batch (to refuse a model that does not fit the data before the whole split runs)."""
+    from ..data.prepare import build_loaders
+
     if split == "val" and data.val is None:
-        raise ConfigError(f"{run_dir}: this run has no validation split")
-    _, val, test = build_loaders(data, cfg.data, device=dev, seed=cfg.train.seed, rank=0, world=1,
-                                 channels_last=False)
+        raise ConfigError(f"{where or data_cfg.name}: no validation split")
+    _, val, test = build_loaders(data, data_cfg, device=device, seed=seed, rank=0, world=1, channels_last=False)
     loader = val if split == "val" else test
     logits, labels, emb = [], [], []
     with torch.inference_mode():
         for batch in loader:
             out = model(batch.x)
+            if check is not None and not logits:
+                check(out.logits, batch)
             logits.append(out.logits.float().cpu())
             emb.append(out.embedding.float().cpu())
             labels.append(batch.y.cpu())
-    return {"cfg": cfg, "data": data, "model": model, "device": dev, "meta": meta, "loader": loader,
-            "logits": torch.cat(logits), "labels": torch.cat(labels), "embeddings": torch.cat(emb)}
+    return {"loader": loader, "logits": torch.cat(logits), "labels": torch.cat(labels), "embeddings": torch.cat(emb)}
 
 
 def sample_images(loader, index: torch.Tensor) -> torch.Tensor:
@@ -309,7 +403,7 @@ def analyze_run(run_dir: Path, analyses: Optional[Sequence[str]] = None, *, chec
         index = torch.linspace(0, n - 1, min(samples, n)).round().long()
     ctx = Context(run_dir, got["cfg"], got["data"], got["model"], got["device"], got["loader"], got["logits"],
                   got["labels"], got["embeddings"], index, sample_images(got["loader"], index),
-                  {"checkpoint": checkpoint, "split": split, **options})
+                  {"checkpoint": checkpoint, "split": split, "samples": samples, **options})
     out_dir = run_dir / "eval" / f"{checkpoint}-{split}"
     out_dir.mkdir(parents=True, exist_ok=True)
     json_path = out_dir / "analyses.json"
@@ -325,11 +419,15 @@ def analyze_run(run_dir: Path, analyses: Optional[Sequence[str]] = None, *, chec
                 raise
             results[name] = {"skipped": str(exc)}
         else:
-            files = []
+            files, captions = [], {}
+            run = results["_run"]
             for fig_name, fig in figs.items():
                 path = out_dir / f"{name}-{fig_name}.png"
+                captions[path.name] = figure_caption(name, fig_name)
+                fig.suptitle(f"{run['label']}, seed {run['seed']} ({checkpoint} checkpoint, {split}): "
+                             f"{figure_title(name, fig_name)}", fontsize="medium", wrap=True)
                 path.write_bytes(figure_to_png_bytes(fig))
                 files.append(path.name)
-            results[name] = {"results": _jsonable(res), "figures": files}
+            results[name] = {"results": _jsonable(res), "figures": files, "captions": captions}
         atomic_write_text(json_path, json.dumps(results))
     return out_dir

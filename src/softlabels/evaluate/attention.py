@@ -237,7 +237,8 @@ def _draw_image(ax, img: torch.Tensor) -> None:
 
 
 def plot_cams(images, cams_by_row: Mapping[str, Sequence[torch.Tensor]], mean, std,
-              stage_names: Optional[Sequence[str]] = None, cmap: str = "jet", alpha: float = 0.5):
+              stage_names: Optional[Sequence[str]] = None, cmap: str = "jet", alpha: float = 0.5,
+              row_labels: Optional[Sequence[str]] = None):
     """A grid of CAM overlays: one row per sample; the columns are the input image, then for
     each entry of ``cams_by_row`` (the key labels the column group: a model, a method) one
     overlay per map in its list (a stage, as ``grad_cam`` returns them).
@@ -248,6 +249,7 @@ def plot_cams(images, cams_by_row: Mapping[str, Sequence[torch.Tensor]], mean, s
                  maps of another size are resized to the image. A plain list is one unlabelled
                  group.
     stage_names: titles of the maps within each group (default ``stage 1``, ``stage 2``, …).
+    row_labels:  one text per sample written beside its row (e.g. its true and predicted class).
 
     Returns a ``matplotlib.figure.Figure`` on the Agg canvas (``fig.savefig(...)`` to write it).
     """
@@ -264,11 +266,15 @@ def plot_cams(images, cams_by_row: Mapping[str, Sequence[torch.Tensor]], mean, s
             name = stage_names[i] if stage_names is not None else f"stage {i + 1}"
             title = f"{label}\n{name}" if label else name
             columns.append((title, _display_map(m, n, size, f"plot_cams[{label!r}][{i}]")))
+    if row_labels is not None and len(row_labels) != n:
+        raise ValueError(f"plot_cams: {len(row_labels)} row labels for {n} images")
     fig, axes = _new_figure(n, 1 + len(columns))
     axes[0, 0].set_title("input", fontsize=9)
     mappable = None
     for r in range(n):
         _draw_image(axes[r, 0], disp[r])
+        if row_labels is not None:
+            axes[r, 0].set_ylabel(str(row_labels[r]), fontsize=8)
         for c, (title, m) in enumerate(columns, start=1):
             _draw_image(axes[r, c], disp[r])
             mappable = axes[r, c].imshow(m[r].numpy(), cmap=cmap, alpha=alpha, vmin=0.0, vmax=1.0)

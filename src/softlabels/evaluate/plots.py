@@ -38,8 +38,10 @@ __all__ = [
     "figure_to_png_bytes",
     "plot_confidence_histogram",
     "plot_confusion_matrix",
+    "plot_learning_curves",
     "plot_misclassified_histograms",
     "plot_reliability",
+    "plot_soft_label_matrix",
     "plot_topk_bars",
     "plot_true_class_boxes",
 ]
@@ -149,6 +151,10 @@ def plot_confusion_matrix(
     normalize: bool = True,
     title: Optional[str] = None,
     max_tick_labels: int = 50,
+    *,
+    xlabel: str = "Predicted class",
+    cbar_label: Optional[str] = None,
+    cell_format: Optional[str] = None,
 ) -> Figure:
     """Confusion matrix (rows: true class, columns: predicted class) as a heat map.
 
@@ -156,6 +162,8 @@ def plot_confusion_matrix(
     ``normalize`` divides each row by its total (per-class recall on the diagonal; rows without
     samples stay 0). Cell values are written only up to 20 classes; above ``max_tick_labels``
     classes only every n-th tick is labelled. Two axes: the matrix and its colour bar.
+    ``xlabel``, ``cbar_label`` and ``cell_format`` (e.g. ``"{:.2f}"``) serve other K×K
+    matrices drawn the same way (:func:`plot_soft_label_matrix`).
     """
     m = cm.detach().cpu().numpy() if isinstance(cm, torch.Tensor) else np.asarray(cm)
     m = m.astype(np.float64)
@@ -174,8 +182,9 @@ def plot_confusion_matrix(
     ax = fig.subplots()
     vmax = 1.0 if normalize else max(float(m.max()), 1.0)
     im = ax.imshow(m, cmap="Blues", vmin=0.0, vmax=vmax, interpolation="nearest")
-    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04,
-                 label="fraction of the true class" if normalize else "samples")
+    if cbar_label is None:
+        cbar_label = "fraction of the true class" if normalize else "samples"
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label=cbar_label)
     step = 1 if k <= max_tick_labels else int(math.ceil(k / max_tick_labels))
     ticks = np.arange(0, k, step)
     labels = [class_names[i] if class_names else str(i) for i in ticks]
@@ -184,13 +193,16 @@ def plot_confusion_matrix(
     fontsize = "medium" if k <= _CELL_TEXT_MAX_CLASSES else "x-small"
     ax.set_xticklabels(labels, rotation=90 if (class_names or k > 20) else 0, fontsize=fontsize)
     ax.set_yticklabels(labels, fontsize=fontsize)
-    ax.set_xlabel("Predicted class")
+    ax.set_xlabel(xlabel)
     ax.set_ylabel("True class")
     if k <= _CELL_TEXT_MAX_CLASSES:
         for i in range(k):
             for j in range(k):
                 v = m[i, j]
-                text = f"{v:.2f}" if normalize else f"{int(round(v))}"
+                if cell_format is not None:
+                    text = cell_format.format(v)
+                else:
+                    text = f"{v:.2f}" if normalize else f"{int(round(v))}"
                 ax.text(j, i, text, ha="center", va="center", fontsize="small",
                         color="white" if v > 0.5 * vmax else "black")
     if title:
@@ -351,6 +363,100 @@ def plot_misclassified_histograms(
         ax.set_title(heading)
         ax.set_xlabel("log-probability")
         ax.set_ylabel("Samples")
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+def plot_soft_label_matrix(matrix: Any, class_names: Optional[Sequence[str]] = None,
+                           title: Optional[str] = None) -> Figure:
+    """The OLS soft-label matrix (OLS Fig. 1) as a heat map: row ``c`` is the soft label that
+    samples of class ``c`` are trained towards (each row sums to 1). Two axes."""
+    m = matrix.detach().cpu().double().numpy() if isinstance(matrix, torch.Tensor) else np.asarray(matrix)
+    return plot_confusion_matrix(m, class_names, normalize=False, title=title, xlabel="Soft-label class",
+                                 cbar_label="probability", cell_format="{:.2f}")
+
+
+# (record key, metric key, y-axis, line style); the error and loss panels of the learning curves
+_CURVES = (
+    ("train", "top1_error", 0, "-"), ("val", "top1_error", 0, "--"), ("test", "top1_error", 0, ":"),
+    ("train", "loss", 1, "-"), ("val", "nll", 1, "--"), ("test", "nll", 1, ":"),
+)
+
+
+def learning_curve_series(histories: Sequence[Sequence[Mapping]]) -> Dict[str, Dict[str, list]]:
+    """Per-epoch mean, min, max and std over seeds of the curves of one method.
+
+    ``histories`` holds one list of ``metrics.jsonl`` records per seed. Returns
+    ``{"<split> <metric>": {"epoch", "mean", "min", "max", "std", "n"}}`` for every split and
+    metric of the learning curves that some record has (train loss and error, val/test error
+    and NLL); an epoch counts the seeds that recorded it (``std`` is the sample std, 0 for one).
+    """
+    out: Dict[str, Dict[str, list]] = {}
+    for split, key, _, _ in _CURVES:
+        per_epoch: Dict[int, list] = {}
+        for records in histories:
+            for rec in records:
+                v = (rec.get(split) or {}).get(key) if isinstance(rec, Mapping) else None
+                if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
+                    per_epoch.setdefault(int(rec["epoch"]), []).append(float(v))
+        if not per_epoch:
+            continue
+        epochs = sorted(per_epoch)
+        vals = [np.asarray(per_epoch[e]) for e in epochs]
+        out[f"{split} {key}"] = {
+            "epoch": epochs,
+            "mean": [float(v.mean()) for v in vals],
+            "min": [float(v.min()) for v in vals],
+            "max": [float(v.max()) for v in vals],
+            "std": [float(v.std(ddof=1)) if v.size > 1 else 0.0 for v in vals],
+            "n": [int(v.size) for v in vals],
+        }
+    return out
+
+
+def plot_learning_curves(histories_by_method: Mapping[str, Sequence[Sequence[Mapping]]],
+                         band: str = "minmax", title: Optional[str] = None) -> Figure:
+    """Learning curves: top-1 error (left) and loss (right) per epoch, one colour per method,
+    solid train, dashed validation, dotted test (the loss panel shows the training loss and the
+    val/test NLL). Lines are the mean over seeds, the band spans ``minmax`` (min to max over
+    seeds) or ``std`` (± one sample std). ``histories_by_method`` maps a method to one list of
+    ``metrics.jsonl`` records per seed. Two axes."""
+    if band not in ("minmax", "std"):
+        raise ValueError(f"band must be 'minmax' or 'std', got {band!r}")
+    if not isinstance(histories_by_method, Mapping) or not histories_by_method:
+        raise ValueError("histories_by_method must be a non-empty mapping {method: [records per seed]}")
+    fig = _figure((11.0, 4.0))
+    axes = fig.subplots(1, 2, squeeze=False)[0]
+    colours = matplotlib.rcParams["axes.prop_cycle"].by_key()["color"]
+    for n, (method, histories) in enumerate(histories_by_method.items()):
+        colour = colours[n % len(colours)]
+        series = learning_curve_series(histories)
+        for split, key, panel, style in _CURVES:
+            cur = series.get(f"{split} {key}")
+            if cur is None:
+                continue
+            x = np.asarray(cur["epoch"])
+            mean = np.asarray(cur["mean"])
+            if band == "minmax":
+                lo, hi = np.asarray(cur["min"]), np.asarray(cur["max"])
+            else:
+                lo, hi = mean - np.asarray(cur["std"]), mean + np.asarray(cur["std"])
+            ax = axes[panel]
+            ax.plot(x, mean, linestyle=style, color=colour, marker="." if x.size < 20 else None,
+                    label=f"{method} {split} (n={max(cur['n'])})")
+            if max(cur["n"]) > 1:
+                ax.fill_between(x, lo, hi, color=colour, alpha=0.15, linewidth=0)
+    from matplotlib.ticker import MaxNLocator
+
+    for ax, ylabel in zip(axes, ("top-1 error (%)", "loss (train) / NLL (val, test)")):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize="x-small", ncol=2)
+    axes[0].set_title("Top-1 error")
+    axes[1].set_title("Loss")
     if title:
         fig.suptitle(title)
     return fig

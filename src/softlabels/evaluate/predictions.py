@@ -25,7 +25,11 @@ What the figures show:
 * :func:`true_class_probability` and :func:`box_stats`: ground-truth probability box plots
   (JGL Fig. 4);
 * :func:`fixed_and_broken`: how many test samples a method fixes relative to a baseline
-  (JGL Table VIII reports ``net``, the reduction in wrong samples).
+  (JGL Table VIII reports ``net``, the reduction in wrong samples);
+  :func:`fixed_and_broken_samples` names them;
+* :func:`most_confident_errors`: the misclassified samples a model is surest of (the samples
+  the HTML report shows with Grad-CAM);
+* :func:`pool_reliability`: reliability diagrams of several seeds pooled into one.
 """
 from __future__ import annotations
 
@@ -49,8 +53,11 @@ __all__ = [
     "commonly_misclassified",
     "confidence_histogram",
     "fixed_and_broken",
+    "fixed_and_broken_samples",
     "misclassified_log_probs",
+    "most_confident_errors",
     "most_confused_pairs",
+    "pool_reliability",
     "reliability",
     "topk_predictions",
     "true_class_probability",
@@ -454,4 +461,84 @@ def fixed_and_broken(baseline_logits: Tensor, logits: Tensor, labels: Tensor) ->
         "both_wrong": int((~base_ok & ~new_ok).sum()),
         "net": fixed - broken,
         "total": int(labels_n.shape[0]),
+    }
+
+
+def _rank_desc(values: Tensor, rows: Tensor, k: Optional[int]) -> List[int]:
+    """``rows`` ordered by ``values[rows]`` descending (ties by index), the first ``k``."""
+    if rows.numel() == 0:
+        return []
+    order = torch.sort(values[rows], descending=True, stable=True).indices
+    chosen = rows[order]
+    return [int(v) for v in (chosen if k is None else chosen[:k]).tolist()]
+
+
+def most_confident_errors(logits: Tensor, labels: Tensor, k: Optional[int] = 8) -> List[int]:
+    """Indices of the misclassified samples with the highest confidence (max softmax), highest
+    first (ties by index); at most ``k`` (``None``: all)."""
+    if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k < 0):
+        raise ValueError(f"k must be a non-negative integer or None, got {k!r}")
+    logits, labels = _check_inputs(logits, labels)
+    out = _per_sample(logits, labels)
+    return _rank_desc(out.confidence, (~out.correct).nonzero().squeeze(1), k)
+
+
+def fixed_and_broken_samples(
+    baseline_logits: Tensor, logits: Tensor, labels: Tensor, k: Optional[int] = 8
+) -> Dict[str, List[int]]:
+    """The samples behind :func:`fixed_and_broken`: ``fixed`` (wrong by the baseline, right
+    now), ordered by how sure the baseline was of its wrong answer, and ``broken`` (right by the
+    baseline, wrong now), ordered by how sure the model is of its wrong answer; at most ``k``
+    each (``None``: all)."""
+    base, labels_b = _check_inputs(baseline_logits, labels, what="baseline_logits")
+    new, labels_n = _check_inputs(logits, labels)
+    if base.shape != new.shape:
+        raise ValueError(
+            f"baseline_logits has shape {tuple(base.shape)} but logits has shape {tuple(new.shape)}"
+        )
+    b, m = _per_sample(base, labels_b), _per_sample(new, labels_n)
+    fixed = (~b.correct & m.correct).nonzero().squeeze(1)
+    broken = (b.correct & ~m.correct).nonzero().squeeze(1)
+    return {"fixed": _rank_desc(b.confidence, fixed, k), "broken": _rank_desc(m.confidence, broken, k)}
+
+
+def pool_reliability(results: Sequence[Mapping[str, Any]]) -> Dict[str, Any]:
+    """One reliability result (the shape :func:`reliability` returns) from several computed on
+    disjoint sample sets with the same bins, e.g. the seeds of one method: bin counts add, bin
+    accuracy and confidence are count-weighted means, and ``ece`` is that of the pooled samples
+    (percent). Equal to :func:`reliability` of the concatenated logits and labels."""
+    results = list(results)
+    if not results:
+        raise ValueError("pool_reliability needs at least one result")
+    bins = results[0]["bins"]
+    if any(r["bins"] != bins for r in results):
+        raise ValueError("pool_reliability: the results use different numbers of bins")
+    count = [sum(int(r["bin_count"][i]) for r in results) for i in range(bins)]
+
+    def pooled(key: str) -> List[Optional[float]]:
+        out = []
+        for i in range(bins):
+            if count[i] == 0:
+                out.append(None)
+                continue
+            out.append(math.fsum(float(r[key][i]) * int(r["bin_count"][i])
+                                 for r in results if int(r["bin_count"][i])) / count[i])
+        return out
+
+    acc, conf = pooled("bin_accuracy"), pooled("bin_confidence")
+    n = sum(int(r["count"]) for r in results)
+    gaps = [None if a is None else c - a for a, c in zip(acc, conf)]
+    ece = math.fsum(abs(g) * c for g, c in zip(gaps, count) if g is not None) / n * 100.0
+    return {
+        "bins": bins,
+        "count": n,
+        "ece": ece,
+        "accuracy": math.fsum(float(r["accuracy"]) * int(r["count"]) for r in results) / n,
+        "mean_confidence": math.fsum(float(r["mean_confidence"]) * int(r["count"]) for r in results) / n,
+        "bin_lower": list(results[0]["bin_lower"]),
+        "bin_upper": list(results[0]["bin_upper"]),
+        "bin_count": count,
+        "bin_accuracy": acc,
+        "bin_confidence": conf,
+        "bin_gap": gaps,
     }

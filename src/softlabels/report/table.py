@@ -29,6 +29,7 @@ __all__ = [
     "DEFAULT_METRICS",
     "REL_ERR_COLUMN",
     "Row",
+    "TABLE_FORMATS",
     "aggregate",
     "find_runs",
     "folder_labels",
@@ -36,6 +37,7 @@ __all__ = [
     "read_final",
     "relative_error_reduction",
     "write_summary",
+    "write_table",
 ]
 
 DEFAULT_METRICS = ("top1_error", "top5_error", "nll", "ece")
@@ -312,11 +314,13 @@ def format_table(
     Cells are ``mean ± std`` with 2 decimals (NLL: 3). ``metrics`` defaults to those of the
     first row. With ``baseline`` (a row label) an extra column gives the relative top-1 error
     reduction ``(err_baseline − err_method) / err_baseline · 100`` (as CS-KD reports it), blank
-    on the baseline's own row and ``n/a`` when the baseline error is 0. ``fmt`` is ``"text"``
-    (space-aligned columns) or ``"markdown"`` (a GitHub table).
+    on the baseline's own row and ``n/a`` when the baseline error is 0. ``fmt`` is one of
+    :data:`TABLE_FORMATS`: ``"text"`` (space-aligned columns), ``"markdown"`` (a GitHub table),
+    ``"csv"`` (RFC 4180, the same cells), ``"latex"`` (a ``tabular``; ``±`` as ``$\\pm$``) or
+    ``"html"`` (a ``<table>`` element); every format has the same header and cells.
     """
-    if fmt not in ("text", "markdown"):
-        raise ConfigError(f"table format must be 'text' or 'markdown', got {fmt!r}")
+    if fmt not in TABLE_FORMATS:
+        raise ConfigError(f"table format must be one of {', '.join(TABLE_FORMATS)}, got {fmt!r}")
     rows = list(rows)
     if metrics is None:
         metrics = list(rows[0].mean) if rows else list(DEFAULT_METRICS)
@@ -360,6 +364,9 @@ def format_table(
                 cells.append("n/a" if red is None else f"{red:.2f}")
         body.append(cells)
 
+    if fmt in _RENDERERS:
+        return _RENDERERS[fmt](header, body)
+
     if fmt == "markdown":
         def md(cells):
             return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
@@ -375,6 +382,65 @@ def format_table(
 
     rule = "  ".join("-" * w for w in widths)
     return "\n".join([line(header), rule] + [line(c) for c in body]) + "\n"
+
+
+def _render_csv(header: List[str], body: List[List[str]]) -> str:
+    import csv
+    import io
+
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows(body)
+    return buf.getvalue()
+
+
+_LATEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#",
+                  "_": r"\_", "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\^{}",
+                  "±": r"$\pm$", "−": "-"}
+
+
+def latex_escape(text: str) -> str:
+    """``text`` for a LaTeX table cell: the special characters escaped, ``±`` as ``$\\pm$``."""
+    return "".join(_LATEX_SPECIAL.get(ch, ch) for ch in text)
+
+
+def _render_latex(header: List[str], body: List[List[str]]) -> str:
+    def line(cells):
+        return " & ".join(latex_escape(c) for c in cells) + r" \\"
+
+    spec = "l" + "r" * (len(header) - 1)
+    out = [r"\begin{tabular}{" + spec + "}", r"\hline", line(header), r"\hline"]
+    out += [line(c) for c in body]
+    out += [r"\hline", r"\end{tabular}"]
+    return "\n".join(out) + "\n"
+
+
+def _render_html(header: List[str], body: List[List[str]]) -> str:
+    import html
+
+    out = ["<table><tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in header) + "</tr>"]
+    for cells in body:
+        out.append("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>")
+    return "\n".join(out) + "</table>"
+
+
+_RENDERERS = {"csv": _render_csv, "latex": _render_latex, "html": _render_html}
+TABLE_FORMATS = ("text", "markdown", "csv", "latex", "html")
+
+
+def write_table(text: str, path: Union[str, Path], what: str = "table") -> Path:
+    """Write a formatted table to ``path`` (parents created, replaced atomically); an unwritable
+    path raises :class:`SoftlabelsError` naming it."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError as e:
+        raise SoftlabelsError(f"{path}: cannot write the {what}: {e.strerror or e}") from None
+    return path
 
 
 # --------------------------------------------------------------------------- summary
@@ -413,11 +479,4 @@ def write_summary(rows: Sequence[Row], path_json: Union[str, Path]) -> Path:
             for r in rows
         ]
     }
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(out, indent=2, allow_nan=False) + "\n", encoding="utf-8")
-        os.replace(tmp, path)
-    except OSError as e:
-        raise SoftlabelsError(f"{path}: cannot write summary: {e.strerror or e}") from None
-    return path
+    return write_table(json.dumps(out, indent=2, allow_nan=False) + "\n", path, "summary")
