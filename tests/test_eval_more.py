@@ -42,7 +42,10 @@ def test_eval_a_folder_prints_a_table_of_every_run(cmp_dir, capsys):
 
 def test_eval_bare_weights_with_a_model_name(cmp_dir, tmp_path, capsys):
     run = cmp_dir / "ce" / "seed0"
-    model = {k[len("model."):]: v for k, v in load_file(str(run / "checkpoints" / "best.safetensors")).items()
+    from softlabels.engine import checkpoint as ckpt
+
+    tensors, _ = ckpt.load_checkpoint(run / "checkpoints" / "best")
+    model = {k[len("model."):]: v for k, v in tensors.items()
              if k.startswith("model.")}
     save_file(model, str(tmp_path / "w.safetensors"))
     torch.save(model, tmp_path / "w.pth")
