@@ -291,7 +291,8 @@ def cmd_study(args) -> int:
         chk = check_plan(plan, throughput=args.throughput, device=args.device)
         print(format_dry_run(plan, chk), end="")
         if chk.missing:
-            raise SoftlabelsError(f"study {study.name}: {len(chk.missing)} thing(s) missing, first: {chk.missing[0]}")
+            raise SoftlabelsError(f"{study.path.name}: {len(chk.missing)} thing(s) missing (listed above); "
+                                  f"first: {chk.missing[0]}")
         return 0
     status = run_plan(plan, device=args.device, show_progress=not args.no_progress)
     table = build_table(plan)

@@ -588,6 +588,7 @@ class _Planner:
         self.w = _Where(study.path.name)
         self.runs: Dict[str, RunSpec] = {}
         self.order: List[str] = []
+        self._visiting: set = set()      # plain runs being planned (a teacher cycle check)
 
     def add(self, spec: RunSpec) -> str:
         if spec.id not in self.runs:
@@ -670,7 +671,7 @@ class _Planner:
                 data = self._apply(data, t.overrides, f"teachers.{name}.overrides")
                 cfg = self.finish(data, seed, f"teacher {name}", f"teachers.{name} × column {col}")
                 self.add(RunSpec(tid, "train", self.out / tid, col, seed, f"teacher {name} · {col} · seed {seed}",
-                                 cfg=cfg, where=f"teachers.{name}"))
+                                 cfg=cfg, where=f"teachers.{name} × column {col}"))
             return TeacherRef(run=tid, checkpoint=t.checkpoint or checkpoint)
         row = s.row(name)
         if row.sweep is not None or row.ensemble is not None:
@@ -689,11 +690,9 @@ class _Planner:
             cfg = self.row_config(row, col, seed, row.label)
             self.add(RunSpec(rid, "train", self.out / rid, col, seed, f"{row.label} · {col} · seed {seed}", cfg=cfg,
                              teachers=teachers, deps=[t.run for t in teachers if t.run],
-                             where=f"rows[{row.index}]"))
+                             where=f"rows[{row.index}] ({row.label}) × column {col}"))
             self._visiting.discard(rid)
         return rid
-
-    _visiting: set = set()
 
     # -------------------------------------------------------------- rows
     def plan_row(self, row: Row) -> List[Line]:
@@ -720,7 +719,7 @@ class _Planner:
                         cfg = self.row_config(row, c, s, label, v)
                         self.add(RunSpec(rid, "train", self.out / rid, c, s, f"{label} · {c} · seed {s}", cfg=cfg,
                                          teachers=teachers, deps=[t.run for t in teachers if t.run],
-                                         where=f"rows[{row.index}]"))
+                                         where=f"rows[{row.index}] ({row.label}) × column {c}"))
                     ids.append(rid)
                 line.cells[c] = ids
             lines.append(line)
@@ -754,7 +753,7 @@ class _Planner:
                     cfg = self.row_config(row, c, seed, label)
                     self.add(RunSpec(rid, "train", self.out / rid, c, s, f"{label} · {c} · seed {s}", cfg=cfg,
                                      teachers=teachers, deps=[t.run for t in teachers if t.run],
-                                     where=f"rows[{row.index}]"))
+                                     where=f"rows[{row.index}] ({row.label}) × column {c}"))
                     members.append(rid)
                     member_lines[k - 1].cells.setdefault(c, []).append(rid)
                 for size, line in zip(sizes, ens_lines):
@@ -762,7 +761,8 @@ class _Planner:
                     first = self.runs[members[0]]
                     self.add(RunSpec(rid, "ensemble", self.out / rid, c, s, f"{line.label} · {c} · seed {s}",
                                      cfg=first.cfg, members=members[:size], deps=members[:size],
-                                     combine=e["combine"], checkpoint=self.s.report, where=f"rows[{row.index}]"))
+                                     combine=e["combine"], checkpoint=self.s.report,
+                                     where=f"rows[{row.index}] ({row.label}) × column {c}"))
                     line.cells.setdefault(c, []).append(rid)
         lines = list(ens_lines)
         if "members" in e["report"]:
@@ -802,7 +802,6 @@ def plan_study(study: Study, out, *, data_root: Optional[str] = None, seeds: Opt
     if study.compare_to is not None and study.row(study.compare_to).slug not in row_keys:
         row_keys = [r.slug for r in study.rows if r.slug in row_keys or r.label == study.compare_to]
     p = _Planner(study, out, seeds, cols, data_root, smoke, overrides)
-    p._visiting = set()
     lines: List[Line] = []
     for r in study.rows:
         if r.slug in row_keys:
@@ -879,6 +878,8 @@ def check_plan(plan: Plan, *, throughput: Optional[float] = None, device: Option
     from .data import load_dataset
     from .engine.runs import method_requires
     from .engine.runtime import setup_runtime
+    from . import methods as _methods, models as _models  # noqa: F401  (registration)
+    from .registry import DATASETS, METHODS, MODELS
 
     chk = Check()
     for m in plan.study.metrics:
@@ -893,13 +894,18 @@ def check_plan(plan: Plan, *, throughput: Optional[float] = None, device: Option
         cfg = spec.cfg
         if spec.kind != "train":
             continue
-        where = f"{spec.what}"
-        ok = True
-        try:
-            validate_registered(cfg)
-        except ConfigError as exc:
-            chk.miss(f"{spec.where} ({spec.what.split(' · seed')[0]}): {_short(str(exc))}")
-            ok = False
+        unknown = [f"unknown {reg.kind} {n!r}" for reg, names in
+                   ((DATASETS, [cfg.data.name]), (MODELS, [cfg.model.name]), (METHODS, cfg.method.components))
+                   for n in names if n not in reg]
+        for u in unknown:
+            chk.miss(f"{spec.where}: {u}")
+        ok = not unknown
+        if ok:
+            try:
+                validate_registered(cfg)
+            except ConfigError as exc:
+                chk.miss(f"{spec.where}: {_short(str(exc))}")
+                ok = False
         if ok:
             try:
                 req = method_requires(cfg)
@@ -907,13 +913,15 @@ def check_plan(plan: Plan, *, throughput: Optional[float] = None, device: Option
                                  + (req.views - 1) + (0.3 if req.clean else 0.0))
                 need = req.teachers
                 if need > len(spec.teachers):
-                    chk.miss(f"{spec.where} ({where}): method {cfg.method.name} needs {need} teacher(s), "
+                    chk.miss(f"{spec.where}: method {cfg.method.name} needs {need} teacher(s), "
                              f"the row gives {len(spec.teachers)}")
             except SoftlabelsError as exc:
                 if "data" not in type(exc).__name__.lower():
-                    chk.miss(f"{spec.where} ({where}): {_short(str(exc))}")
+                    chk.miss(f"{spec.where}: {_short(str(exc))}")
         dkey = (cfg.data.name, cfg.data.root, json.dumps(cfg.data.options, sort_keys=True))
         desc = f"{cfg.data.name} at {cfg.data.root}" if cfg.data.root else cfg.data.name
+        if plan.study.report == "best" and cfg.data.val_fraction == 0:
+            chk.miss(f"{spec.where}: report: best needs a validation split (data.val_fraction > 0)")
         if dkey not in datasets:
             try:
                 ds = load_dataset(cfg.data.name, cfg.data.root, cfg.data.options)
@@ -922,7 +930,8 @@ def check_plan(plan: Plan, *, throughput: Optional[float] = None, device: Option
             except SoftlabelsError as exc:
                 datasets[dkey] = None
                 chk.data[desc] = "MISSING"
-                chk.miss(f"dataset {desc}: {_short(str(exc))}")
+                if cfg.data.name in DATASETS:
+                    chk.miss(f"dataset {desc}: {_short(str(exc))}")
         files = [cfg.model.weights] if cfg.model.weights else []
         files += [t.weights for t in spec.teachers if t.weights]
         for f in files:
@@ -1040,6 +1049,10 @@ def _set_aside(path: Path) -> None:
     path.rename(path.with_name(f"{path.name}.torn{k}"))
 
 
+# keys that do not change what a run computes: a finished run is reused whatever they are
+RUNTIME_KEYS = {"out_dir", "train.device", "train.threads", "data.workers", "data.eval_batch_size"}
+
+
 def _config_differs(run_dir: Path, cfg: RunConfig) -> Optional[str]:
     """The first key where the run directory's saved config differs from the planned one."""
     saved_path = run_dir / "config.yaml"
@@ -1055,7 +1068,7 @@ def _config_differs(run_dir: Path, cfg: RunConfig) -> Optional[str]:
             if not isinstance(got, dict):
                 return trail
             for k, v in want.items():
-                if k in ("out_dir",):
+                if (f"{trail}.{k}" if trail else k) in RUNTIME_KEYS:
                     continue
                 d = walk(v, got.get(k), f"{trail}.{k}" if trail else k)
                 if d:
@@ -1155,7 +1168,7 @@ def run_plan(plan: Plan, *, device: Optional[str] = None, show_progress: bool = 
             try:
                 validate_registered(spec.cfg)
             except ConfigError as exc:
-                raise ConfigError(f"{plan.study.path.name}: {spec.where} ({spec.what}): {_short(str(exc))}") from None
+                raise ConfigError(f"{plan.study.path.name}: {spec.where}: {_short(str(exc))}") from None
     rt = setup_runtime(device or (plan.runs[0].cfg.train.device if plan.runs else "auto"))
     plan.out.mkdir(parents=True, exist_ok=True)
     if rt.is_main:
