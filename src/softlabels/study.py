@@ -34,6 +34,7 @@ from .config import RunConfig, _deepcopy, _merge, apply_overrides, config_from_d
 from .errors import ConfigError, SoftlabelsError
 
 STUDIES_DIR = Path(__file__).resolve().parent / "studies"
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")   # column keys and teacher names (folder names)
 PAPERS = ("jgl", "focusnet", "kt", "cskd", "ols", "none")
 TOP_KEYS = {"title", "paper", "source", "metrics", "seeds", "report", "notes", "base", "columns",
             "teachers", "rows", "compare_to"}
@@ -58,7 +59,11 @@ DERIVED = {
     "train_params_m": ("train params (M)", True),
     "train_flops_g": ("train FLOPs (G)", True),
     "samples_fixed": ("fixed vs ref.", False),
+    "net_fixed": ("net fixed vs ref.", False),
+    "train_top1_error": ("train top-1 err (%)", True),
 }
+# metrics counted against the compare_to row's run of the same column and seed
+PAIRED_METRICS = ("samples_fixed", "net_fixed")
 KNOWN_METRICS = TEST_METRICS + tuple(DERIVED)
 
 # (classes, channels, image size, train images, test images) of each registered dataset with its
@@ -257,8 +262,8 @@ def load_study(path) -> Study:
     for key, c in raw_cols.items():
         at = f"columns.{key}"
         key = str(key)
-        if slugify(key) != key.lower() or "/" in key:
-            raise w.err(at, "a column key must be letters, digits, '-' or '.' (it names a folder)")
+        if not NAME_RE.fullmatch(key):
+            raise w.err(at, "a column key must be letters, digits, '-', '_' or '.' (it names a folder)")
         c = _mapping(w, at, c)
         _keys(w, at, c, COLUMN_KEYS)
         label = c.get("label", key)
@@ -282,8 +287,8 @@ def load_study(path) -> Study:
     for name, t in _mapping(w, "teachers", data.get("teachers")).items():
         at = f"teachers.{name}"
         name = str(name)
-        if slugify(name) != name.lower():
-            raise w.err(at, "a teacher name must be letters, digits, '-' or '.' (it names a folder)")
+        if not NAME_RE.fullmatch(name):
+            raise w.err(at, "a teacher name must be letters, digits, '-', '_' or '.' (it names a folder)")
         if name in labels:
             raise w.err(at, "a teacher and a row have the same name")
         t = _mapping(w, at, t, allow_none=False)
@@ -377,9 +382,7 @@ def load_study(path) -> Study:
             comb = e.get("combine", "mean_softmax")
             if comb not in ("mean_softmax", "sum_logits"):
                 raise w.err(f"{at}.ensemble.combine", f"expected mean_softmax or sum_logits, got {comb!r}")
-            if sweep is not None and sweep[0] != "members":
-                raise w.err(f"{at}.sweep", "an ensemble row can only sweep `members` (ensembles of the first n)")
-            if sweep is not None:
+            if sweep is not None and sweep[0] == "members":
                 bad = [v for v in sweep[1] if not isinstance(v, int) or isinstance(v, bool) or not 1 <= v <= n]
                 if bad:
                     raise w.err(f"{at}.sweep.members", f"expected integers in 1..{n}, got {bad[0]!r}")
@@ -726,34 +729,50 @@ class _Planner:
         return lines
 
     def plan_ensemble(self, row: Row, cols: List[str]) -> List[Line]:
+        """Members (sequential: member n taught by members 1..n-1; independent: train.seed =
+        seed·1000 + n) and the ensemble evaluation(s). A `members` sweep evaluates the ensembles
+        of the first n members of one set; a sweep of any other key trains one set per value."""
+        e = row.ensemble
+        if row.sweep is None or row.sweep[0] == "members":
+            groups = [(row.slug, row.label, None)]
+        else:
+            key = row.sweep[0]
+            groups = [(f"{row.slug}--{slugify(key)}-{slugify(v)}", f"{row.label} ({key}={v})", v)
+                      for v in row.sweep[1]]
+        lines: List[Line] = []
+        for slug, label, value in groups:
+            lines += self._ensemble_group(row, cols, slug, label, value)
+        return lines
+
+    def _ensemble_group(self, row: Row, cols: List[str], slug: str, label: str, value) -> List[Line]:
         e = row.ensemble
         n = e["members"]
-        sizes = [n] if row.sweep is None else list(row.sweep[1])
-        member_lines = [Line(f"{row.slug}--member{k}", f"{row.label}: member {k}", row.index, f"member{k}",
-                             indent=True) for k in range(1, n + 1)]
-        ens_lines = []
-        for size in sizes:
-            if row.sweep is None:
-                ens_lines.append(Line(f"{row.slug}--ensemble", row.label, row.index, "ensemble"))
-            else:
-                ens_lines.append(Line(f"{row.slug}--ensemble{size}", f"{row.label} (members={size})", row.index,
-                                      f"ensemblesweep:{size}", indent=True))
+        where = f"rows[{row.index}] ({row.label}) × column "
+        member_lines = [Line(f"{slug}--member{k}", f"{label}: member {k}", row.index,
+                             f"member{k}" if value is None else "", indent=True) for k in range(1, n + 1)]
+        if row.sweep is not None and row.sweep[0] == "members":
+            sizes = list(row.sweep[1])
+            ens_lines = [Line(f"{slug}--ensemble{size}", f"{label} (members={size})", row.index,
+                              f"ensemblesweep:{size}", indent=True) for size in sizes]
+        else:
+            sizes = [n]
+            sub = "ensemble" if value is None else f"ensemblesweep:{value}"
+            ens_lines = [Line(f"{slug}--ensemble", label, row.index, sub, indent=value is not None)]
         for c in cols:
             for s in self.seeds:
                 own = self.teacher_refs(row, c, s)
                 members: List[str] = []
                 for k in range(1, n + 1):
-                    rid = f"{row.slug}--member{k}/{c}/seed{s}"
-                    label = f"{row.label}: member {k}"
+                    rid = f"{slug}--member{k}/{c}/seed{s}"
+                    mlabel = f"{label}: member {k}"
                     if e["mode"] == "sequential":
                         teachers = own + [TeacherRef(run=m, checkpoint=row.teacher_checkpoint) for m in members]
                         seed = s
                     else:
                         teachers, seed = own, s * 1000 + k
-                    cfg = self.row_config(row, c, seed, label)
-                    self.add(RunSpec(rid, "train", self.out / rid, c, s, f"{label} · {c} · seed {s}", cfg=cfg,
-                                     teachers=teachers, deps=[t.run for t in teachers if t.run],
-                                     where=f"rows[{row.index}] ({row.label}) × column {c}"))
+                    cfg = self.row_config(row, c, seed, mlabel, value)
+                    self.add(RunSpec(rid, "train", self.out / rid, c, s, f"{mlabel} · {c} · seed {s}", cfg=cfg,
+                                     teachers=teachers, deps=[t.run for t in teachers if t.run], where=where + c))
                     members.append(rid)
                     member_lines[k - 1].cells.setdefault(c, []).append(rid)
                 for size, line in zip(sizes, ens_lines):
@@ -761,13 +780,11 @@ class _Planner:
                     first = self.runs[members[0]]
                     self.add(RunSpec(rid, "ensemble", self.out / rid, c, s, f"{line.label} · {c} · seed {s}",
                                      cfg=first.cfg, members=members[:size], deps=members[:size],
-                                     combine=e["combine"], checkpoint=self.s.report,
-                                     where=f"rows[{row.index}] ({row.label}) × column {c}"))
+                                     combine=e["combine"], checkpoint=self.s.report, where=where + c))
                     line.cells.setdefault(c, []).append(rid)
-        lines = list(ens_lines)
-        if "members" in e["report"]:
-            lines = ([ens_lines[0]] + member_lines + ens_lines[1:]) if len(ens_lines) == 1 else ens_lines + member_lines
-        return lines
+        if "members" not in e["report"]:
+            return ens_lines
+        return ([ens_lines[0]] + member_lines + ens_lines[1:]) if len(ens_lines) == 1 else ens_lines + member_lines
 
 
 def _pick(kind: str, given: Optional[Sequence[str]], choices: Dict[str, str]) -> List[str]:
@@ -884,9 +901,9 @@ def check_plan(plan: Plan, *, throughput: Optional[float] = None, device: Option
     chk = Check()
     for m in plan.study.metrics:
         if m not in KNOWN_METRICS:
-            chk.miss(f"metric {m}: the runner cannot produce it yet (it produces {', '.join(KNOWN_METRICS)})")
-        if m == "samples_fixed" and plan.study.compare_to is None:
-            chk.miss("metric samples_fixed: needs compare_to (the reference row)")
+            chk.miss(f"metric {m}: the runner cannot produce it yet (docs/studies.md lists those it can)")
+        if m in PAIRED_METRICS and plan.study.compare_to is None:
+            chk.miss(f"metric {m}: needs compare_to (the row whose run of the same column and seed is the reference)")
     datasets: Dict[tuple, Any] = {}
     cost: Dict[str, float] = {}   # run id -> cost of a step relative to a plain CE step
     dev = None
@@ -1271,9 +1288,10 @@ def _mean_std(values: Sequence[float]):
     return ms(values)
 
 
-def _samples_fixed(plan: Plan, rid: str, ref_id: str, which: str) -> Optional[float]:
-    """Test samples the reference run gets wrong and this run gets right (cached in the run
-    directory as ``fixed_vs.json``)."""
+def _fixed_vs(plan: Plan, rid: str, ref_id: str, which: str, metric: str) -> Optional[float]:
+    """Against the reference run: ``samples_fixed`` = test samples it gets wrong and this run
+    right; ``net_fixed`` = that minus those it gets right and this run wrong (cached in the run
+    directory as ``fixed_vs.json``, keyed by the reference run and checkpoint)."""
     runs = plan.by_id()
     spec, ref = runs.get(rid), runs.get(ref_id)
     if spec is None or ref is None or spec.kind != "train" or not is_done(spec) or not is_done(ref):
@@ -1281,25 +1299,37 @@ def _samples_fixed(plan: Plan, rid: str, ref_id: str, which: str) -> Optional[fl
     cache = spec.run_dir / "fixed_vs.json"
     got = _read_json(cache) or {}
     key = f"{ref.run_dir.resolve()}:{which}"
-    if key in got:
-        return float(got[key])
-    import torch
+    if key not in got:
+        import torch
 
-    from .data.prepare import build_loaders, prepare_data
-    from .evaluate.ensemble import ensemble_predictions
-    from .pipeline import load_model_from_run
+        from .data.prepare import build_loaders, prepare_data
+        from .engine.checkpoint import atomic_write_text
+        from .evaluate.ensemble import ensemble_predictions
+        from .pipeline import load_model_from_run
 
-    dev = torch.device("cpu")
-    data = prepare_data(spec.cfg.data)
-    _, _, test = build_loaders(data, spec.cfg.data, device=dev, seed=0, rank=0, world=1, channels_last=False)
-    (z, zr), y = ensemble_predictions([load_model_from_run(spec.run_dir, which),
-                                       load_model_from_run(ref.run_dir, which)], test, dev)
-    fixed = float(((z.argmax(1) == y) & (zr.argmax(1) != y)).sum())
-    got[key] = fixed
-    from .engine.checkpoint import atomic_write_text
+        dev = torch.device("cpu")
+        data = prepare_data(spec.cfg.data)
+        _, _, test = build_loaders(data, spec.cfg.data, device=dev, seed=0, rank=0, world=1, channels_last=False)
+        (z, zr), y = ensemble_predictions([load_model_from_run(spec.run_dir, which),
+                                           load_model_from_run(ref.run_dir, which)], test, dev)
+        ok, ok_ref = z.argmax(1) == y, zr.argmax(1) == y
+        got[key] = {"fixed": int((ok & ~ok_ref).sum()), "broken": int((~ok & ok_ref).sum())}
+        atomic_write_text(cache, json.dumps(got))
+    fixed, broken = got[key]["fixed"], got[key]["broken"]
+    return float(fixed if metric == "samples_fixed" else fixed - broken)
 
-    atomic_write_text(cache, json.dumps(got))
-    return fixed
+
+def _train_metric(spec: RunSpec, which: str, result: dict) -> Optional[float]:
+    """``train_top1_error``: the training-set top-1 error (on the augmented batches of that
+    epoch, labels as trained on) of the reported epoch, from ``metrics.jsonl``."""
+    from .engine.trainer import read_metrics
+
+    epoch = (result.get(which) or {}).get("epoch")
+    for rec in read_metrics(spec.run_dir):
+        if rec.get("epoch") == epoch:
+            v = (rec.get("train") or {}).get("top1_error")
+            return float(v) if _is_num(v) else None
+    return None
 
 
 @dataclass
@@ -1349,11 +1379,13 @@ def build_table(plan: Plan) -> Table:
                         cell.values[m].append(None)
                     continue
                 for m in study.metrics:
-                    if m == "samples_fixed":
+                    if m in PAIRED_METRICS:
                         ref = next((ln for ln in plan.lines if ln.key == ref_line), None)
                         ref_ids = ref.cells.get(col, []) if ref else []
                         ref_id = next((r for r in ref_ids if runs[r].seed == spec.seed), None)
-                        cell.values[m].append(_samples_fixed(plan, rid, ref_id, which) if ref_id else None)
+                        cell.values[m].append(_fixed_vs(plan, rid, ref_id, which, m) if ref_id else None)
+                    elif m == "train_top1_error" and spec.kind == "train":
+                        cell.values[m].append(_train_metric(spec, which, res))
                     else:
                         cell.values[m].append(metric_of(res, which, m))
             cells[(line.key, col)] = cell
@@ -1419,7 +1451,7 @@ def paired(table: Table, line: Line, col: str, metric: str) -> Optional[dict]:
 def _fmt(x: Optional[float], metric: str, signed=False) -> str:
     if x is None:
         return "—"
-    d = 3 if metric == "nll" else (0 if metric == "samples_fixed" else 2)
+    d = 3 if metric == "nll" else (0 if metric in PAIRED_METRICS else 2)
     return f"{x:+.{d}f}" if signed else f"{x:.{d}f}"
 
 
