@@ -359,3 +359,36 @@ def test_plan_rejects_a_teacher_row_without_a_run_in_the_column(tmp_path):
     expect_config_error(lambda: plan_study(study, tmp_path / "o"), "rows[1].teachers", "no run in column b")
     with pytest.raises(ConfigError):
         plan_study(study, tmp_path / "o", rows=["nope"])
+
+
+def test_ensemble_rows_sweep_members_or_an_option(tmp_path):
+    d = minimal(seeds=1)
+    d["rows"] = [
+        {"label": "OR", "method": "orthogonal", "sweep": {"alpha": [0.0, 0.5]},
+         "ensemble": {"members": 2, "mode": "sequential"}, "paper": {"d": {0.0: 1.0, 0.5: [2.0, 0.1]}}},
+        {"label": "Base", "method": "ce", "sweep": {"members": [1, 3]},
+         "ensemble": {"members": 3, "mode": "independent"}, "paper": {"d": {3: 9.0}}},
+    ]
+    plan = plan_study(load_study(write_study(tmp_path, d)), tmp_path / "o")
+    assert [ln.key for ln in plan.lines] == ["or--alpha-0.0--ensemble", "or--alpha-0.5--ensemble",
+                                             "base--ensemble1", "base--ensemble3"]
+    runs = plan.by_id()
+    m2 = runs["or--alpha-0.5--member2/d/seed0"]
+    assert m2.cfg.method.options == {"alpha": 0.5} and m2.deps == ["or--alpha-0.5--member1/d/seed0"]
+    assert runs["base--ensemble1/d/seed0"].members == ["base--member1/d/seed0"]
+    assert [runs[f"base--member{k}/d/seed0"].cfg.train.seed for k in (1, 2, 3)] == [1, 2, 3]
+    table = build_table(plan)
+    assert table.cell(plan.lines[1], "d").paper == {"top1_error": (2.0, 0.1)}
+    assert table.cell(plan.lines[3], "d").paper == {"top1_error": (9.0, None)}
+
+
+def test_train_subset_is_a_fixed_stratified_part_of_the_training_set():
+    from softlabels.config import DataConfig
+    from softlabels.data.prepare import prepare_data
+
+    a = prepare_data(DataConfig(name="digits", val_fraction=0.1, train_subset=500))
+    b = prepare_data(DataConfig(name="digits", val_fraction=0.1, train_subset=500))
+    assert abs(len(a.train) - 500) <= 10 and torch.equal(a.train.labels, b.train.labels)
+    counts = torch.bincount(a.train.labels)
+    assert counts.max() - counts.min() <= 3
+    assert len(a.val) == len(prepare_data(DataConfig(name="digits", val_fraction=0.1)).val)

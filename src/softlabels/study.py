@@ -50,21 +50,17 @@ STUDY_DEFAULTS = {"data": {"val_fraction": 0.0}}
 
 #: metrics of final.json's test block
 TEST_METRICS = ("top1_error", "top5_error", "nll", "ece", "macro_precision", "macro_recall", "macro_f1")
-#: derived metrics: name -> (display name, lower is better)
-DERIVED = {
-    "top1_accuracy": ("top-1 acc (%)", False),
-    "top5_accuracy": ("top-5 acc (%)", False),
-    "params_m": ("params (M)", True),
-    "flops_g": ("FLOPs (G)", True),
-    "train_params_m": ("train params (M)", True),
-    "train_flops_g": ("train FLOPs (G)", True),
-    "samples_fixed": ("fixed vs ref.", False),
-    "net_fixed": ("net fixed vs ref.", False),
+#: derived metrics a study table reports (not in classification_metrics' output):
+#: name -> (display name, lower is better), as evaluate.metrics.METRIC_INFO for the others
+DERIVED_INFO = {
+    "top1_accuracy": ("top-1 acc (%)", False), "top5_accuracy": ("top-5 acc (%)", False),
+    "params_m": ("params (M)", True), "flops_g": ("FLOPs (G)", True),
+    "train_params_m": ("train params (M)", True), "train_flops_g": ("train FLOPs (G)", True),
     "train_top1_error": ("train top-1 err (%)", True),
+    "samples_fixed": ("fixed vs ref.", False), "net_fixed": ("net fixed vs ref.", False),
 }
-# metrics counted against the compare_to row's run of the same column and seed
-PAIRED_METRICS = ("samples_fixed", "net_fixed")
-KNOWN_METRICS = TEST_METRICS + tuple(DERIVED)
+DERIVED = tuple(DERIVED_INFO)
+KNOWN_METRICS = TEST_METRICS + DERIVED
 
 # (classes, channels, image size, train images, test images) of each registered dataset with its
 # default options: the shape --smoke gives its synthetic stand-in, and the dry run's image counts
@@ -855,9 +851,10 @@ def _model_key(cfg: RunConfig, shape) -> str:
     return f"{cfg.model.name}{opts} {c}×{size}×{size} K={k} batch {cfg.data.batch_size}"
 
 
-def measure_throughput(cfg: RunConfig, shape, device, steps: int = 2) -> float:
+def measure_throughput(cfg: RunConfig, shape, device, seconds: float = 1.0, max_steps: int = 30) -> float:
     """Training images/s of ``cfg``'s model (plain CE step, SGD) on random inputs of ``shape``:
-    one warm-up step, then ``steps`` timed ones with batch min(batch_size, 32)."""
+    two warm-up steps, then timed steps until ``seconds`` have passed (at least 2, at most
+    ``max_steps``), batch min(batch_size, 128) for small models, min(batch_size, 16) otherwise."""
     import torch
 
     from .models import build_model
@@ -875,14 +872,19 @@ def measure_throughput(cfg: RunConfig, shape, device, steps: int = 2) -> float:
         torch.nn.functional.cross_entropy(model(x).logits, y).backward()
         opt.step()
 
+    def sync():
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
     step()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+    step()
+    sync()
     t0 = time.perf_counter()
-    for _ in range(steps):
+    steps = 0
+    while steps < 2 or (steps < max_steps and time.perf_counter() - t0 < seconds):
         step()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+        steps += 1
+        sync()
     return b * steps / max(time.perf_counter() - t0, 1e-9)
 
 
@@ -1231,20 +1233,18 @@ def run_plan(plan: Plan, *, device: Optional[str] = None, show_progress: bool = 
 # ====================================================================== the table
 
 
-def metric_display(metric: str) -> str:
+def _metric_info(metric: str):
     from .evaluate.metrics import METRIC_INFO
 
-    if metric in METRIC_INFO:
-        return METRIC_INFO[metric][0]
-    return DERIVED.get(metric, (metric, True))[0]
+    return METRIC_INFO.get(metric) or DERIVED_INFO.get(metric) or (metric, True)
+
+
+def metric_display(metric: str) -> str:
+    return _metric_info(metric)[0]
 
 
 def lower_is_better(metric: str) -> bool:
-    from .evaluate.metrics import METRIC_INFO
-
-    if metric in METRIC_INFO:
-        return METRIC_INFO[metric][1]
-    return DERIVED.get(metric, (metric, True))[1]
+    return _metric_info(metric)[1]
 
 
 def metric_of(result: dict, which: str, metric: str) -> Optional[float]:
