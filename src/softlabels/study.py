@@ -61,6 +61,8 @@ DERIVED_INFO = {
 }
 DERIVED = tuple(DERIVED_INFO)
 KNOWN_METRICS = TEST_METRICS + DERIVED
+# metrics counted against the compare_to row's run of the same column and seed
+PAIRED_METRICS = ("samples_fixed", "net_fixed")
 
 # (classes, channels, image size, train images, test images) of each registered dataset with its
 # default options: the shape --smoke gives its synthetic stand-in, and the dry run's image counts
@@ -562,7 +564,7 @@ def smoke_config(data: dict) -> dict:
     k, c, size, _, _ = dataset_shape(d.get("name", "digits"), d.get("options") or {})
     d.update(name="synthetic", root=None, workers=0,
              options={"num_classes": k, "channels": c, "image_size": min(size, SMOKE_MAX_SIZE),
-                      "train_size": max(SMOKE_TRAIN, 2 * k), "test_size": SMOKE_TEST})
+                      "train_size": max(SMOKE_TRAIN, k), "test_size": SMOKE_TEST})
     d["batch_size"] = min(int(d.get("batch_size", 64)), 32)
     d["eval_batch_size"] = 256
     d.pop("train_subset", None)
@@ -609,11 +611,13 @@ class _Planner:
         except ConfigError as exc:
             raise self.w.err(where, str(exc)) from None
 
-    def finish(self, data: dict, seed: int, label: str, where: str) -> RunConfig:
+    def finish(self, data: dict, seed: int, label: str, column: str, where: str) -> RunConfig:
         data = self._apply(data, self.overrides, "command-line overrides")
         data = _subst(data, self.data_root)
         data.setdefault("train", {})["seed"] = seed
-        data["name"] = label
+        # the run's label in final.json: the table line and the column, so that `softlabels
+        # report` on a study folder groups seeds of one cell, never two columns
+        data["name"] = f"{label} · {column}"
         d = data.setdefault("data", {})
         if d.get("root") is None and self.data_root is not None:
             d["root"] = f"{self.data_root}/{d.get('name', 'digits')}"
@@ -643,7 +647,7 @@ class _Planner:
                 data = self._apply(data, [f"{key}={json.dumps(sweep_value)}"], f"rows[{row.index}].sweep")
             else:
                 data["method"]["options"][key] = sweep_value
-        return self.finish(data, seed, label, f"rows[{row.index}] ({row.label}) × column {col}")
+        return self.finish(data, seed, label, col, f"rows[{row.index}] ({row.label}) × column {col}")
 
     # -------------------------------------------------------------- teachers
     def teacher_refs(self, row: Row, col: str, seed: int) -> List[TeacherRef]:
@@ -668,7 +672,7 @@ class _Planner:
             if tid not in self.runs:
                 data = _merge(self.column_base(col), t.config)
                 data = self._apply(data, t.overrides, f"teachers.{name}.overrides")
-                cfg = self.finish(data, seed, f"teacher {name}", f"teachers.{name} × column {col}")
+                cfg = self.finish(data, seed, f"teacher {name}", col, f"teachers.{name} × column {col}")
                 self.add(RunSpec(tid, "train", self.out / tid, col, seed, f"teacher {name} · {col} · seed {seed}",
                                  cfg=cfg, where=f"teachers.{name} × column {col}"))
             return TeacherRef(run=tid, checkpoint=t.checkpoint or checkpoint)
@@ -1543,6 +1547,15 @@ def _latex_escape(text: str) -> str:
     return text
 
 
+def format_html(table: Table) -> str:
+    """The table as an HTML ``<table>`` (for ``softlabels report --html``)."""
+    import html
+
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in _header(table))
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>" for cells in _body(table))
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
 def format_latex(table: Table) -> str:
     """A ``tabular`` (needs amssymb for \\checkmark)."""
     header = _header(table)
@@ -1639,7 +1652,7 @@ def write_outputs(table: Table, status: Optional[Dict[str, dict]] = None) -> Dic
            "seeds": table.plan.seeds,
            "columns": [{"key": c, "label": s.columns[c].label} for c in table.plan.columns],
            "lines": [{"key": ln.key, "label": ln.label, "row": s.rows[ln.row].label, "sub": ln.sub} for ln in table.plan.lines],
-           "cells": recs, "runs": status or {}}
+           "cells": recs, "runs": status or {}, "html": format_html(table)}
     atomic_write_text(paths["json"], json.dumps(_clean(doc), indent=1, allow_nan=False))
     paths["png"].write_bytes(figure_to_png_bytes(plot_table(table)))
     return paths

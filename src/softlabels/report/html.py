@@ -108,6 +108,14 @@ def render_report(paths: Sequence[str], out_html: Path, *, which: str = "best", 
              f"{'epoch chosen on validation' if which == 'best' else 'last epoch'}, mean ± std over seeds. "
              f"Generated {_dt.datetime.now().isoformat(timespec='seconds')}.</p>",
              "<h2>Summary</h2>", _table_html(rows, baseline)]
+    for given in paths:  # study folders (softlabels study): their table beside the paper's numbers
+        doc = Path(given) / "table.json"
+        if doc.is_file():
+            study = json.loads(doc.read_text())
+            parts += [f"<h2>Study {html.escape(study['study']['name'])}: {html.escape(study['study']['title'])}</h2>",
+                      study.get("html", "")]
+            if (Path(given) / "table.png").is_file():
+                parts.append(_img(_png_uri(Path(given) / "table.png"), "ours (mean ± std) and the paper's value"))
 
     # comparative plots, pooled over the seeds of each method
     true_p, mis, rel, noisy, feats, robust = {}, {}, {}, {}, [], []
