@@ -84,9 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
                        "numbers (see docs/studies.md)", epilog=STUDY_EPILOG,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("study", nargs="?", help="a study file, or the name of a packaged study (--list shows them)")
-    p.add_argument("--data-root", help="folder holding the datasets ({data_root} in the study; a column's "
+    p.add_argument("--data-root", metavar="DIR", help="folder holding the datasets ({data_root} in the study; a column's "
                    "data.root defaults to DIR/<dataset name>)")
-    p.add_argument("--seeds", type=int, help="run seeds 0..N-1 (default: the study's seeds)")
+    p.add_argument("--seeds", type=int, metavar="N", help="run seeds 0..N-1 (default: the study's seeds)")
     p.add_argument("--rows", help="comma-separated rows to run (slugs or labels; default all)")
     p.add_argument("--columns", help="comma-separated columns to run (default all)")
     p.add_argument("--out", help="study folder (default: runs/studies/<name>, with --smoke <name>-smoke); an "
@@ -401,7 +401,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         return exc.exit_code
     except KeyboardInterrupt:
         print("softlabels: interrupted; a run continues from its last epoch with "
-              "`softlabels train --resume RUN_DIR` (compare: rerun with --out DIR)", file=sys.stderr)
+              "`softlabels train --resume RUN_DIR` (compare, study: rerun with the same --out)", file=sys.stderr)
         return 130
 
 

@@ -964,6 +964,9 @@ def check_plan(plan: Plan, *, throughput: Optional[float] = None, device: Option
                 if not there:
                     chk.miss(f"weights file {f}: not found (needed by {spec.where})")
         for t in spec.teachers:
+            if t.run and t.checkpoint == "best" and plan.by_id()[t.run].cfg.data.val_fraction == 0:
+                chk.miss(f"{spec.where}: teacher_checkpoint best needs the teacher run {t.run} to have a "
+                         f"validation split (data.val_fraction > 0); use last")
             if t.weights and t.model:
                 from .registry import MODELS
 
