@@ -76,9 +76,7 @@ def test_shipped_study_dry_run_names_missing_data(path, tmp_path, capsys):
 
 def _smoke_picks():
     """One shipped study per paper (and each project study): the one whose first column at one
-    seed has the fewest runs, fewest classes breaking ties, so the smoke tests stay short."""
-    from softlabels.study import dataset_shape
-
+    seed trains on the fewest images, so the smoke tests stay short."""
     best = {}
     for p in SHIPPED:
         try:
@@ -86,8 +84,7 @@ def _smoke_picks():
             plan = plan_study(st, Path("/nonexistent"), seeds=[0], columns=[next(iter(st.columns))], smoke=True)
         except ConfigError:
             continue  # test_shipped_study_dry_run_names_missing_data reports it
-        data = plan.runs[0].cfg.data
-        cost = (len(plan.runs), data.options.get("num_classes", 10))
+        cost = sum(r.cfg.data.options["train_size"] for r in plan.runs if r.kind == "train")
         key = st.paper if st.paper != "none" else st.name
         if key not in best or cost < best[key][0]:
             best[key] = (cost, p)
