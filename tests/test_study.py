@@ -417,3 +417,12 @@ def test_train_subset_is_a_fixed_stratified_part_of_the_training_set():
     counts = torch.bincount(a.train.labels)
     assert counts.max() - counts.min() <= 3
     assert len(a.val) == len(prepare_data(DataConfig(name="digits", val_fraction=0.1)).val)
+
+
+def test_sweep_values_name_distinct_folders(tmp_path):
+    d = minimal()
+    d["rows"][1].update(method="kd", sweep={"method.options.temperature": [-1, 1]})
+    plan = plan_study(load_study(write_study(tmp_path, d)), tmp_path / "o")
+    assert [ln.key for ln in plan.lines][1:] == ["ls--method.options.temperature-m1", "ls--method.options.temperature-1"]
+    d["rows"][1]["sweep"] = {"lam": ["a b", "a-b"]}
+    expect_config_error(lambda: load_study(write_study(tmp_path, d)), "rows[1].sweep.lam", "values must differ")

@@ -181,6 +181,11 @@ def slugify(text: str) -> str:
     return s or "x"
 
 
+def value_slug(v) -> str:
+    """A sweep value as part of a folder name (a minus sign becomes ``m``: -1 → m1)."""
+    return slugify(str(v).replace("-", "m") if _is_num(v) else v)
+
+
 def _is_num(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
@@ -364,6 +369,9 @@ def load_study(path) -> Study:
             if not isinstance(sv, list) or not sv:
                 raise w.err(f"{at}.sweep.{sk}", f"expected a non-empty list of values, got {sv!r}")
             sweep = (str(sk), list(sv))
+            value_slugs = [value_slug(v) for v in sv]
+            if len(set(value_slugs)) != len(sv):
+                raise w.err(f"{at}.sweep.{sk}", f"values must differ (as folder names: {value_slugs})")
         ens = None
         if r.get("ensemble") is not None:
             e = _mapping(w, f"{at}.ensemble", r["ensemble"])
@@ -711,7 +719,7 @@ class _Planner:
         lines = []
         for v in values:
             label = f"{row.label} ({key}={v})"
-            slug = f"{row.slug}--{slugify(key)}-{slugify(v)}"
+            slug = f"{row.slug}--{slugify(key)}-{value_slug(v)}"
             line = Line(slug, label, row.index, f"sweep:{v}", indent=True)
             for c in cols:
                 ids = []
@@ -737,7 +745,7 @@ class _Planner:
             groups = [(row.slug, row.label, None)]
         else:
             key = row.sweep[0]
-            groups = [(f"{row.slug}--{slugify(key)}-{slugify(v)}", f"{row.label} ({key}={v})", v)
+            groups = [(f"{row.slug}--{slugify(key)}-{value_slug(v)}", f"{row.label} ({key}={v})", v)
                       for v in row.sweep[1]]
         lines: List[Line] = []
         for slug, label, value in groups:
