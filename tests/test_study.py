@@ -135,7 +135,8 @@ def test_digits_study_end_to_end(tmp_path, capsys):
     torch.manual_seed(0)
     save_file(build_model("resnet20", 10, 1, {"shortcut": "A"}).state_dict(), str(weights))
     study = {
-        "title": "digits test study", "paper": "none", "source": "test", "metrics": ["top1_error", "nll"],
+        "title": "digits test study", "paper": "none", "source": "test",
+        "metrics": ["top1_error", "nll", "net_fixed", "samples_fixed", "train_top1_error"],
         "seeds": 1, "compare_to": "CE",
         "base": digits_base(),
         "columns": {"digits-r8": {"label": "digits / ResNet-8", "config": {"data": {"name": "digits"}}}},
@@ -181,6 +182,16 @@ def test_digits_study_end_to_end(tmp_path, capsys):
     for ext in ("csv", "tex", "json", "png"):
         assert (out / f"table.{ext}").stat().st_size > 0
     assert (out / "table.png").read_bytes()[:4] == b"\x89PNG"
+    # metrics against the reference row: net_fixed = (ref error − our error) × test images
+    doc = json.loads((out / "table.json").read_text())
+    cells = {(c["line"], c["metric"]): c for c in doc["cells"]}
+    for line in ("ce", "ls-0.3", "kd-file"):
+        ours, ref = cells[(line, "top1_error")]["mean"], cells[("ce", "top1_error")]["mean"]
+        assert cells[(line, "net_fixed")]["mean"] == pytest.approx((ref - ours) * 359 / 100, abs=1e-6)
+        assert cells[(line, "samples_fixed")]["mean"] >= max(0.0, cells[(line, "net_fixed")]["mean"])
+    assert cells[("ce", "samples_fixed")]["mean"] == 0.0
+    last = [json.loads(x) for x in (out / "ls-0.1/digits-r8/seed0/metrics.jsonl").read_text().splitlines()][-1]
+    assert cells[("ls-0.1", "train_top1_error")]["mean"] == pytest.approx(last["train"]["top1_error"])
     # `softlabels report --html` on the study folder: the runs and the study's table
     assert main(["report", str(out), "--html", str(tmp_path / "r.html")]) == 0
     page = (tmp_path / "r.html").read_text()
