@@ -298,6 +298,8 @@ def minimal(**extra) -> dict:
     (lambda d: d["rows"][1].update(overrides=["optim.lr=-1"]), ["rows[1] (LS) × column d", "optim.lr"]),
     (lambda d: d["rows"][1].update(options={"epsilon": "x"}), ["rows[1] (LS) × column d", "epsilon"]),
     (lambda d: d.update(compare_to="XE"), ["compare_to", "XE"]),
+    (lambda d: d["base"].update(train=5), ["rows[0] (CE) × column d", "train: expected a mapping"]),
+    (lambda d: d["columns"]["d"].update(overrides=["optim"]), ["columns.d.overrides", "KEY=VALUE"]),
 ])
 def test_bad_study_files_give_one_line_errors(tmp_path, change, needles, capsys):
     d = minimal()

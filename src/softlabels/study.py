@@ -565,8 +565,9 @@ def dataset_shape(name: str, options: dict) -> Tuple[int, int, int, int, int]:
 
 def smoke_config(data: dict) -> dict:
     """The --smoke version of a run's config mapping: synthetic data of the column's shape
-    (classes, channels; image size at most 32), 64 training and 32 test images, one epoch, and a
-    tiny model (CIFAR ResNet-8) in place of any larger one, without weights files."""
+    (classes, channels; image size at most 32), max(64, classes) training and 32 test images,
+    one epoch, and a tiny model (CIFAR ResNet-8) in place of any larger one, without weights
+    files."""
     data = _deepcopy(data)
     d = data.setdefault("data", {})
     k, c, size, _, _ = dataset_shape(d.get("name", "digits"), d.get("options") or {})
@@ -621,6 +622,11 @@ class _Planner:
 
     def finish(self, data: dict, seed: int, label: str, column: str, where: str) -> RunConfig:
         data = self._apply(data, self.overrides, "command-line overrides")
+        for sec in ("data", "model", "method", "optim", "schedule", "train"):
+            if not isinstance(data.get(sec, {}), dict):
+                raise self.w.err(where, f"{sec}: expected a mapping, got {data[sec]!r}")
+        if self.smoke and not isinstance(data.get("data", {}).get("batch_size", 64), int):
+            raise self.w.err(where, f"data.batch_size: expected int, got {data['data']['batch_size']!r}")
         data = _subst(data, self.data_root)
         data.setdefault("train", {})["seed"] = seed
         # the run's label in final.json: the table line and the column, so that `softlabels
