@@ -1108,8 +1108,8 @@ def _config_differs(run_dir: Path, cfg: RunConfig) -> Optional[str]:
             if not isinstance(got, dict):
                 return trail
             for k, v in want.items():
-                if (f"{trail}.{k}" if trail else k) in RUNTIME_KEYS:
-                    continue
+                if (f"{trail}.{k}" if trail else k) in RUNTIME_KEYS or k not in got:
+                    continue  # a key newer than the saved run keeps its default: not a difference
                 d = walk(v, got.get(k), f"{trail}.{k}" if trail else k)
                 if d:
                     return d
