@@ -83,7 +83,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("study", help="regenerate a paper table: rows × columns × seeds beside the published "
                        "numbers (see docs/studies.md)", epilog=STUDY_EPILOG,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("study", nargs="?", help="a study file, or the name of a packaged study (--list shows them)")
+    p.add_argument("study", nargs="*", metavar="FILE|NAME [KEY=VALUE ...]",
+                   help="a study file, or the name of a packaged study (--list shows them), then dotted overrides "
+                   "applied to every run, written right after it: study NAME train.epochs=1 --dry-run")
     p.add_argument("--data-root", metavar="DIR", help="folder holding the datasets ({data_root} in the study; a column's "
                    "data.root defaults to DIR/<dataset name>)")
     p.add_argument("--seeds", type=int, metavar="N", help="run seeds 0..N-1 (default: the study's seeds)")
@@ -100,7 +102,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", help="auto, cpu, cuda or cuda:N (train.device of every run)")
     p.add_argument("--list", action="store_true", help="list the packaged studies and exit")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides applied to every run")
 
     p = sub.add_parser("eval", help="evaluate a run's checkpoint on a split; with --analyses, the papers' analyses",
                        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=_analyses_epilog())
@@ -274,9 +275,11 @@ def cmd_study(args) -> int:
         for name in list_studies():
             print(name)
         return 0
-    if not args.study:
-        raise ConfigError("study: give a study file or name (softlabels study --list)")
-    study = load_study(resolve_study(args.study))
+    # one positional list (argparse cannot take a second one after options): FILE|NAME KEY=VALUE...
+    if not args.study or "=" in args.study[0]:
+        raise ConfigError("study: give a study file or name first (softlabels study --list)")
+    study = load_study(resolve_study(args.study[0]))
+    args.overrides = args.study[1:]
     if args.seeds is not None and args.seeds < 1:
         raise ConfigError(f"--seeds: expected >= 1, got {args.seeds}")
     if args.throughput is not None and not args.throughput > 0:
