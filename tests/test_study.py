@@ -439,3 +439,13 @@ def test_sweep_values_name_distinct_folders(tmp_path):
     assert [ln.key for ln in plan.lines][1:] == ["ls--method.options.temperature-m1", "ls--method.options.temperature-1"]
     d["rows"][1]["sweep"] = {"lam": ["a b", "a-b"]}
     expect_config_error(lambda: load_study(write_study(tmp_path, d)), "rows[1].sweep.lam", "values must differ")
+
+
+def test_command_line_overrides_follow_the_study_name(tmp_path, capsys):
+    path = write_study(tmp_path, minimal())
+    args = ["--dry-run", "--throughput", "9", "--out", str(tmp_path / "o")]
+    assert main(["study", str(path), "train.epochs=3", "data.train_subset=100"] + args) == 0
+    out = capsys.readouterr().out
+    assert "ce/d/seed0  digits   resnet8  ce      3   300" in out  # 3 epochs x 100 images
+    assert main(["study", str(path), "optim.lr=-1"] + args) == 2
+    assert "optim.lr: expected a value > 0.0" in capsys.readouterr().err
