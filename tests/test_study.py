@@ -452,3 +452,14 @@ def test_command_line_overrides_follow_the_study_name(tmp_path, capsys):
     assert "ce/d/seed0  digits   resnet8  ce      3   300" in out  # 3 epochs x 100 images
     assert main(["study", str(path), "optim.lr=-1"] + args) == 2
     assert "optim.lr: expected a value > 0.0" in capsys.readouterr().err
+
+
+def test_a_row_with_an_unregistered_method_fails_alone(tmp_path, capsys):
+    d = minimal()
+    d["rows"][1]["method"] = "telepathy"
+    out = tmp_path / "o"
+    assert main(["study", str(write_study(tmp_path, d)), "--out", str(out), "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert "LS · d · seed 0: FAILED: s.yaml: rows[1] (LS) × column d: unknown method 'telepathy'" in err
+    status = json.loads((out / "status.json").read_text())
+    assert status["ce/d/seed0"]["status"] == "done" and status["ls/d/seed0"]["status"] == "failed"

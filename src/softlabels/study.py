@@ -1174,6 +1174,7 @@ def execute_run(spec: RunSpec, plan: Plan, rt, progress=None) -> Tuple[str, dict
     """Run one spec whose dependencies have finished: ("reused" | "done", its result). A result
     file that is torn is set aside and the run redone; a run directory holding a run of another
     config is refused (CheckpointError)."""
+    from .config import validate_registered
     from .engine.runs import train_or_reuse
     from .errors import CheckpointError
 
@@ -1181,6 +1182,10 @@ def execute_run(spec: RunSpec, plan: Plan, rt, progress=None) -> Tuple[str, dict
     if res_path.exists() and _read_json(res_path) is None:
         _set_aside(res_path)
     if spec.kind == "train":
+        try:
+            validate_registered(spec.cfg)
+        except ConfigError as exc:
+            raise ConfigError(f"{plan.study.path.name}: {spec.where}: {_short(str(exc))}") from None
         differs = _config_differs(spec.run_dir, spec.cfg)
         if differs:
             raise CheckpointError(f"{spec.run_dir} holds a run of another config ({differs} differs); "
@@ -1197,18 +1202,12 @@ def execute_run(spec: RunSpec, plan: Plan, rt, progress=None) -> Tuple[str, dict
 
 def run_plan(plan: Plan, *, device: Optional[str] = None, show_progress: bool = True, stream=None) -> Dict[str, dict]:
     """Execute the plan's runs in order. Returns ``{run id: {"status": reused | done | failed |
-    skipped, "error": text, "seconds": s}}``; a failed run's dependents are skipped, the others
-    go on. Configs are checked against the registries first (ConfigError: nothing runs)."""
-    from .config import validate_registered
+    skipped, "error": text, "seconds": s}}``; a failed run (an unregistered name or a bad option
+    in its config, missing data, a fault while training) is reported, its dependents are
+    skipped, the others go on."""
     from .engine.runtime import setup_runtime
 
     stream = stream or sys.stderr
-    for spec in plan.runs:
-        if spec.kind == "train":
-            try:
-                validate_registered(spec.cfg)
-            except ConfigError as exc:
-                raise ConfigError(f"{plan.study.path.name}: {spec.where}: {_short(str(exc))}") from None
     rt = setup_runtime(device or (plan.runs[0].cfg.train.device if plan.runs else "auto"))
     plan.out.mkdir(parents=True, exist_ok=True)
     if rt.is_main:
