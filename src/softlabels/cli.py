@@ -1,4 +1,4 @@
-"""The ``softlabels`` command: train | compare | pipeline | eval | report | bench | list."""
+"""The ``softlabels`` command: train | compare | pipeline | study | eval | report | bench | list."""
 from __future__ import annotations
 
 import argparse
@@ -124,6 +124,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed-list", help="explicit comma-separated seeds (overrides --seeds)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides applied to every stage")
+
+    p = sub.add_parser("study", help="regenerate a paper table: rows × columns × seeds beside the published "
+                       "numbers (see docs/studies.md)", epilog=STUDY_EPILOG,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("study", nargs="*", metavar="FILE|NAME [KEY=VALUE ...]",
+                   help="a study file, or the name of a packaged study (--list shows them), then dotted overrides "
+                   "applied to every run, written right after it: study NAME train.epochs=1 --dry-run")
+    p.add_argument("--data-root", metavar="DIR", help="folder holding the datasets ({data_root} in the study; a column's "
+                   "data.root defaults to DIR/<dataset name>)")
+    p.add_argument("--seeds", type=int, metavar="N", help="run seeds 0..N-1 (default: the study's seeds)")
+    p.add_argument("--rows", help="comma-separated rows to run (slugs or labels; default all)")
+    p.add_argument("--columns", help="comma-separated columns to run (default all)")
+    p.add_argument("--out", help="study folder (default: runs/studies/<name>, with --smoke <name>-smoke); an "
+                   "existing one is continued: finished runs are kept, interrupted ones resumed")
+    p.add_argument("--dry-run", action="store_true", help="print the plan, what is missing and an estimated "
+                   "time; exit non-zero when something is missing")
+    p.add_argument("--smoke", action="store_true", help="synthetic data of each column's shape, 1 epoch, a tiny "
+                   "model: checks that the study runs end to end (the numbers mean nothing)")
+    p.add_argument("--throughput", type=float, metavar="IMG_PER_S",
+                   help="dry run: training images/s to estimate with (default: measured on this machine)")
+    p.add_argument("--device", help="auto, cpu, cuda or cuda:N (train.device of every run)")
+    p.add_argument("--list", action="store_true", help="list the packaged studies and exit")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     p = sub.add_parser("eval", help="evaluate a run's checkpoint on a split; with --analyses, the papers' analyses",
                        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=_analyses_epilog())
@@ -319,6 +342,57 @@ def cmd_pipeline(args) -> int:
     return 0
 
 
+STUDY_EPILOG = """Examples:
+  softlabels study --list
+  softlabels study fashion-mnist-seeds --data-root /usr/share/datasets --dry-run
+  softlabels study cskd-table1 --data-root /data --seeds 1 --rows cross-entropy,cs-kd
+  softlabels study studies/my-study.yaml --smoke
+Outputs in the study folder: table.md, table.csv, table.tex, table.json, table.png, status.json."""
+
+
+def cmd_study(args) -> int:
+    from .study import (build_table, check_plan, format_dry_run, format_markdown, list_studies, load_study,
+                        plan_study, resolve_study, run_plan, study_summary, write_outputs)
+
+    if args.list:
+        for name in list_studies():
+            print(name)
+        return 0
+    # one positional list (argparse cannot take a second one after options): FILE|NAME KEY=VALUE...
+    if not args.study or "=" in args.study[0]:
+        raise ConfigError("study: give a study file or name first (softlabels study --list)")
+    study = load_study(resolve_study(args.study[0]))
+    args.overrides = args.study[1:]
+    if args.seeds is not None and args.seeds < 1:
+        raise ConfigError(f"--seeds: expected >= 1, got {args.seeds}")
+    if args.throughput is not None and not args.throughput > 0:
+        raise ConfigError(f"--throughput: expected images/s > 0, got {args.throughput}")
+    out = Path(args.out) if args.out else Path("runs") / "studies" / (study.name + ("-smoke" if args.smoke else ""))
+    overrides = list(args.overrides) + ([f"train.device={args.device}"] if args.device else [])
+    split = (lambda v: [x.strip() for x in v.split(",") if x.strip()] if v else None)
+    plan = plan_study(study, out, data_root=args.data_root,
+                      seeds=None if args.seeds is None else range(args.seeds),
+                      rows=split(args.rows), columns=split(args.columns), smoke=args.smoke, overrides=overrides)
+    if args.dry_run:
+        chk = check_plan(plan, throughput=args.throughput, device=args.device)
+        print(format_dry_run(plan, chk), end="")
+        if chk.missing:
+            raise SoftlabelsError(f"{study.path.name}: {len(chk.missing)} thing(s) missing (listed above); "
+                                  f"first: {chk.missing[0]}")
+        return 0
+    status = run_plan(plan, device=args.device, show_progress=not args.no_progress)
+    table = build_table(plan)
+    paths = write_outputs(table, status)
+    print(format_markdown(table))
+    print(f"{study_summary(table)}; table: {paths['md']} (also .csv .tex .json .png)")
+    failed = [k for k, v in status.items() if v["status"] in ("failed", "skipped")]
+    if failed:
+        first = status[failed[0]]
+        raise SoftlabelsError(f"study {study.name}: {len(failed)} run(s) did not finish "
+                              f"(first: {failed[0]}: {first['error']}); the table marks them missing")
+    return 0
+
+
 def _analyses_epilog() -> str:
     from .evaluate.analyze import ANALYSES
 
@@ -454,7 +528,8 @@ def cmd_list(args) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "compare": cmd_compare, "pipeline": cmd_pipeline, "eval": cmd_eval, "report": cmd_report,
+COMMANDS = {"train": cmd_train, "compare": cmd_compare, "pipeline": cmd_pipeline, "study": cmd_study,
+            "eval": cmd_eval, "report": cmd_report,
             "bench": cmd_bench, "list": cmd_list}
 
 

@@ -51,6 +51,7 @@ class DataConfig:
     crop_padding: Optional[int] = field(default=None, metadata=_range(0, MAX_PADDING))
     hflip: Optional[bool] = None
     label_noise: float = field(default=0.0, metadata=_range(0.0, 1.0, hi_open=True))
+    train_subset: Optional[int] = field(default=None, metadata=_range(1, MAX_BATCH))
     workers: int = field(default=0, metadata=_range(0, MAX_THREADS))
 
 

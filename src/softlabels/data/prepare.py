@@ -80,6 +80,11 @@ def prepare_data(cfg: DataConfig, dataset=None) -> PreparedData:
             )
         train, val = train.subset(keep), train.subset(hold)
         source = "carved from train"
+    if cfg.train_subset is not None and cfg.train_subset < len(train):
+        # a fixed, class-stratified subset of the training images (after the validation carve),
+        # drawn with split_seed + 1 so it is the same for every method and run seed
+        _, part = stratified_holdout(train.labels, cfg.train_subset / len(train), cfg.split_seed + 1)
+        train = train.subset(part)
     clean = train.labels.clone()
     noisy_index = None
     if cfg.label_noise > 0:

@@ -39,6 +39,7 @@ __all__ = [
     "plot_confidence_histogram",
     "plot_confusion_matrix",
     "plot_learning_curves",
+    "plot_bars_with_reference",
     "plot_misclassified_histograms",
     "plot_reliability",
     "plot_soft_label_matrix",
@@ -463,6 +464,43 @@ def plot_learning_curves(histories_by_method: Mapping[str, Sequence[Sequence[Map
 
 
 # ---------------------------------------------------------------------------------------------
+
+
+def plot_bars_with_reference(panels: Mapping[str, Sequence[Tuple[str, Optional[float], Optional[float],
+                                                                   Optional[float]]]],
+                             ylabel: str, title: Optional[str] = None) -> Figure:
+    """Bars with error bars and a reference value marked (a study's table: ours vs the paper).
+
+    ``panels`` maps a panel title (a table column) to bars ``(label, mean, std, reference)``;
+    a missing mean leaves the slot empty, a missing reference draws no marker. One axes per
+    panel, side by side; the reference is a black horizontal tick over its bar.
+    """
+    if not panels:
+        raise ValueError("plot_bars_with_reference needs at least one panel")
+    width = max(len(b) for b in panels.values())
+    longest = max((len(str(b[0])) for bars in panels.values() for b in bars), default=10)
+    fig = _figure((max(4.0, 0.45 * width + 1.5) * len(panels), 3.5 + 0.065 * longest))
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    for ax, (name, bars) in zip(axes, panels.items()):
+        x = np.arange(len(bars))
+        mean = _nan([b[1] for b in bars])
+        std = np.nan_to_num(_nan([b[2] for b in bars]))
+        ref = _nan([b[3] for b in bars])
+        ok = ~np.isnan(mean)
+        ax.bar(x[ok], mean[ok], yerr=std[ok], color="tab:blue", alpha=0.8, capsize=3,
+               edgecolor="black", linewidth=0.5, label="ours (mean ± std)")
+        has_ref = ~np.isnan(ref)
+        if has_ref.any():
+            ax.scatter(x[has_ref], ref[has_ref], marker="_", s=400, linewidths=2.5, color="black",
+                       zorder=3, label="paper")
+        ax.set_xticks(x)
+        ax.set_xticklabels([b[0] for b in bars], rotation=60, ha="right", fontsize="small")
+        ax.set_ylabel(ylabel)
+        ax.set_title(name)
+        ax.legend(loc="best", fontsize="small")
+    if title:
+        fig.suptitle(title, fontsize="medium")
+    return fig
 
 
 def figure_to_png_bytes(fig: Figure, dpi: int = 100) -> bytes:
