@@ -1123,19 +1123,23 @@ def _config_differs(run_dir: Path, cfg: RunConfig) -> Optional[str]:
 
 
 def _teacher_models(spec: RunSpec, plan_runs: Dict[str, RunSpec]):
-    from .pipeline import load_model_from_run
+    """The frozen teachers of a run, through the run manager (so the student's environment.json
+    records each teacher's run or file and its sha256)."""
+    from .engine.runs import load_teacher
 
-    models = []
+    models, shape = [], None
     for t in spec.teachers:
         if t.run is not None:
-            models.append(load_model_from_run(plan_runs[t.run].run_dir, t.checkpoint))
-        else:
+            models.append(load_teacher({"run": plan_runs[t.run].run_dir, "checkpoint": t.checkpoint}))
+            continue
+        if shape is None:
             from .data import load_dataset
-            from .models import build_model
 
             ds = load_dataset(spec.cfg.data.name, spec.cfg.data.root, spec.cfg.data.options)
-            models.append(build_model(t.model["name"], ds.num_classes, ds.in_channels,
-                                      t.model.get("options") or {}, t.weights).eval())
+            shape = (ds.num_classes, ds.in_channels)
+        models.append(load_teacher({"weights": t.weights, "model": {"name": t.model["name"],
+                                                                     "options": t.model.get("options") or {}}},
+                                   num_classes=shape[0], in_channels=shape[1], where=spec.where))
     return models
 
 
@@ -1143,8 +1147,8 @@ def evaluate_ensemble(spec: RunSpec, plan_runs: Dict[str, RunSpec], rt) -> dict:
     """Test metrics of an ensemble of finished member runs (``evaluate.ensemble``)."""
     from .data.prepare import build_loaders, prepare_data
     from .engine.checkpoint import atomic_write_text
+    from .engine.runs import load_model_from_run
     from .evaluate.ensemble import ensemble_metrics
-    from .pipeline import load_model_from_run
 
     cfg = spec.cfg
     data = prepare_data(cfg.data)
@@ -1325,7 +1329,7 @@ def _fixed_vs(plan: Plan, rid: str, ref_id: str, which: str, metric: str) -> Opt
         from .data.prepare import build_loaders, prepare_data
         from .engine.checkpoint import atomic_write_text
         from .evaluate.ensemble import ensemble_predictions
-        from .pipeline import load_model_from_run
+        from .engine.runs import load_model_from_run
 
         dev = torch.device("cpu")
         data = prepare_data(spec.cfg.data)
