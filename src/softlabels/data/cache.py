@@ -121,7 +121,7 @@ def decode_image(path: str, rule: ResizeRule) -> np.ndarray:
         rgb = to_rgb(im)
         if rgb.size != (tw, th):
             rgb = rgb.resize((tw, th), Image.BILINEAR)
-        return np.asarray(rgb, dtype=np.uint8)
+        return np.array(rgb, dtype=np.uint8)
 
 
 def estimated_bytes(n: int, rule: ResizeRule) -> int:
@@ -244,7 +244,7 @@ def open_cache(paths: Sequence[str], rule: ResizeRule, what: str, mode="auto",
     import fcntl
 
     try:
-        with open(root / f"{folder.name}.lock", "w") as lock:
+        with open(root / f".{folder.name}.lock", "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)  # one builder; the others wait and then read
             try:
                 return DecodedCache(folder, paths, rule)
