@@ -300,3 +300,37 @@ def test_sixteen_bit_greyscale_is_scaled_not_clipped(tmp_path):
     Image.fromarray(np.zeros((4, 4), dtype=np.float32)).save(tmp_path / "f.tif")
     with Image.open(tmp_path / "f.tif") as im, pytest.raises(ValueError, match="floating"):
         to_rgb(im)
+
+
+# ------------------------------------------------------------------------------ t-SNE
+def test_tsne_reduces_with_pca_and_caches_the_map(tmp_path, monkeypatch):
+    import sklearn.decomposition
+    import sklearn.manifold
+
+    from softlabels.evaluate.features import tsne_2d
+
+    g = torch.Generator().manual_seed(0)
+    y = torch.arange(90) % 3
+    x = torch.randn(90, 80, generator=g) + 4 * torch.nn.functional.one_hot(y, 80).float()
+    widths = []
+    real_tsne = sklearn.manifold.TSNE
+
+    class Spy(real_tsne):
+        def fit_transform(self, data, *a, **k):
+            widths.append(data.shape[1])
+            return super().fit_transform(data, *a, **k)
+
+    monkeypatch.setattr(sklearn.manifold, "TSNE", Spy)
+    first = tsne_2d(x, y, max_points=60, pca_dims=10, cache_dir=tmp_path)
+    assert widths == [10] and first["points"].shape == (60, 2)
+    assert len(list(tmp_path.glob("tsne-*.npz"))) == 1
+
+    class Broken(real_tsne):
+        def fit_transform(self, *a, **k):
+            raise AssertionError("recomputed")
+
+    monkeypatch.setattr(sklearn.manifold, "TSNE", Broken)
+    again = tsne_2d(x, y, max_points=60, pca_dims=10, cache_dir=tmp_path)  # read, not recomputed
+    assert torch.equal(again["points"], first["points"]) and torch.equal(again["index"], first["index"])
+    with pytest.raises(AssertionError, match="recomputed"):  # other embeddings: another key
+        tsne_2d(x + 1, y, max_points=60, pca_dims=10, cache_dir=tmp_path)
