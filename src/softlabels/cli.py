@@ -106,19 +106,28 @@ def build_parser() -> argparse.ArgumentParser:
                    "analyses (run `softlabels eval RUN_DIR --analyses` first) and comparative plots")
     p.add_argument("--title", help="title of the HTML report")
 
-    p = sub.add_parser("bench", help="images/s of the engine's step vs a bare PyTorch loop")
-    p.add_argument("--model", default="resnet8")
-    p.add_argument("--methods", default="ce,ols", help="engine methods to time (default ce,ols)")
+    p = sub.add_parser("bench", help="the speed goals side by side: engine step, whole epoch, methods, "
+                       "file path, CUDA (see docs/benchmarks.md)")
+    p.add_argument("--parts", default="engine,epoch,methods,files,cuda",
+                   help="comma-separated parts to run (default all): engine, epoch, methods, files, cuda")
+    p.add_argument("--clock", choices=["cpu", "wall"], default="cpu",
+                   help="cpu: CPU seconds of this process and its workers (shared machines); wall: wall time")
+    p.add_argument("--model", default="resnet8", help="model of the engine, epoch and methods parts")
+    p.add_argument("--methods", default="",
+                   help="methods of the methods part (default: every registered method)")
     p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--image-size", type=int, default=28)
-    p.add_argument("--channels", type=int, default=1)
-    p.add_argument("--num-classes", type=int, default=10)
-    p.add_argument("--channels-last", action="store_true")
+    p.add_argument("--image-size", type=int, default=28, help="image side of the engine part")
+    p.add_argument("--channels", type=int, default=1, help="image channels of the engine part")
+    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True,
+                   help="channels-last memory format in the engine part (default on)")
     p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
     p.add_argument("--compile", action="store_true")
     p.add_argument("--device", default="auto")
-    p.add_argument("--steps", type=int, default=20, help="steps per timed block")
-    p.add_argument("--rounds", type=int, default=5, help="interleaved timed blocks per loop")
+    p.add_argument("--steps", type=int, default=5, help="steps per timed block (engine, methods)")
+    p.add_argument("--rounds", type=int, default=3, help="interleaved timed rounds per comparison")
+    p.add_argument("--epoch-images", type=int, default=2048, help="images of the epoch part")
+    p.add_argument("--workers", type=int, default=2, help="DataLoader workers of the authors'-shape loop")
+    p.add_argument("--files", type=int, default=256, help="JPEGs written for the files part")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: leave as is)")
     p.add_argument("--json", help="also write the figures to this JSON file")
 
@@ -287,16 +296,22 @@ def cmd_report(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    from .bench import format_bench, run_bench
+    import torch
 
-    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    res = run_bench(model=args.model, methods=methods, batch_size=args.batch_size, image_size=args.image_size,
-                    channels=args.channels, num_classes=args.num_classes, channels_last=args.channels_last,
-                    precision=args.precision, compile=args.compile, device=args.device, steps=args.steps,
-                    rounds=args.rounds, threads=args.threads)
-    print(format_bench(res))
+    from .bench import format_suite, run_suite
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    parts = [p.strip() for p in args.parts.split(",") if p.strip()]
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()] or None
+    res = run_suite(parts, clock=args.clock, rounds=args.rounds, steps=args.steps, device=args.device,
+                    model=args.model, batch_size=args.batch_size, image_size=args.image_size,
+                    channels=args.channels, channels_last=args.channels_last, precision=args.precision,
+                    compile=args.compile, epoch_images=args.epoch_images, workers=args.workers,
+                    files=args.files, methods=methods, progress=lambda s: print(s, file=sys.stderr, flush=True))
+    print(format_suite(res))
     if args.json:
-        Path(args.json).write_text(json.dumps(res, indent=1))
+        Path(args.json).write_text(json.dumps(res, indent=1, default=str))
     return 0
 
 

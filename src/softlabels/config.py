@@ -90,7 +90,7 @@ class TrainConfig:
     deterministic: bool = False
     device: str = "auto"
     precision: Literal["fp32", "bf16"] = "fp32"
-    channels_last: bool = False
+    channels_last: bool = True
     compile: bool = False
     sync_bn: bool = False
     threads: Optional[int] = field(default=None, metadata=_range(1))
