@@ -213,16 +213,17 @@ def format_bench(res: Dict[str, object]) -> str:
 
 
 def _table(rows: List[dict], unit: str, ratio_name: str = "ratio", extra: Sequence[str] = ()) -> str:
-    head = f"| {'loop':<34} | {unit + ' median':>18} | {'min–max':>19} | {ratio_name + ' (min–max)':>24} |"
-    head += "".join(f" {e:>12} |" for e in extra)
-    out = [head, "|" + "|".join("-" * (len(c)) for c in head.split("|")[1:-1]) + "|"]
+    """A Markdown table: median, per-round min–max, the ratio (median and min–max)."""
+    width = max([len("loop")] + [len(r["name"]) for r in rows])
+    cols = ["loop".ljust(width), f"{unit} median", "min–max", f"{ratio_name} (min–max)", *extra]
+    out = ["| " + " | ".join(cols) + " |", "|" + "|".join("-" * (len(c) + 2) for c in cols) + "|"]
     for r in rows:
         rr = r.get("ratio")
-        rtxt = f"{rr['median']:.2f} ({rr['min']:.2f}–{rr['max']:.2f})" if rr else ""
-        line = (f"| {r['name']:<34} | {r['median']:>18.1f} | {r['min']:>8.1f}–{r['max']:<10.1f} | "
-                f"{rtxt:>24} |")
-        line += "".join(f" {_fmt(r.get(e)):>12} |" for e in extra)
-        out.append(line)
+        cells = [r["name"].ljust(width), f"{r['median']:.1f}".rjust(len(cols[1])),
+                 f"{r['min']:.1f}–{r['max']:.1f}".rjust(len(cols[2])),
+                 (f"{rr['median']:.2f} ({rr['min']:.2f}–{rr['max']:.2f})" if rr else "").rjust(len(cols[3]))]
+        cells += [_fmt(r.get(e)).rjust(len(e)) for e in extra]
+        out.append("| " + " | ".join(cells) + " |")
     return "\n".join(out)
 
 

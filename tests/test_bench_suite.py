@@ -1,0 +1,59 @@
+"""The bench suite runs end to end on tiny sizes (figures are not judged here: see
+tests/test_benchmark.py, marked benchmark), its CPU clock counts worker processes, and its
+CUDA part is skipped with one line on a machine without CUDA."""
+from __future__ import annotations
+
+import multiprocessing
+import time
+
+import pytest
+import torch
+
+from softlabels.bench import cpu_seconds, format_suite, run_suite
+from softlabels.cli import main
+from softlabels.errors import ConfigError
+
+
+def _burn(seconds):
+    end = time.process_time() + seconds
+    while time.process_time() < end:
+        pass
+
+
+def test_cpu_clock_counts_child_processes():
+    ctx = multiprocessing.get_context("fork")
+    t0 = cpu_seconds()
+    child = ctx.Process(target=_burn, args=(0.4,))
+    child.start()
+    time.sleep(0.3)
+    live = cpu_seconds() - t0  # the live child's time so far, read from /proc
+    child.join()
+    done = cpu_seconds() - t0  # after the join: through RUSAGE_CHILDREN
+    assert done >= 0.35 and live > 0.0
+
+
+def test_suite_runs_every_part_on_tiny_sizes(tmp_path, monkeypatch):
+    monkeypatch.setenv("SOFTLABELS_CACHE", str(tmp_path / "cache"))
+    res = run_suite(["engine", "epoch", "methods", "files", "cuda"], clock="cpu", rounds=1, steps=1,
+                    device="cpu", model="resnet8", batch_size=16, image_size=16, epoch_images=48,
+                    workers=0, files=6, methods=["ce", "kd", "cskd"])
+    assert {r["name"] for r in res["methods"]["rows"]} == {"ce", "kd", "cskd"}
+    kd = next(r for r in res["methods"]["rows"] if r["name"] == "kd")
+    assert 1.2 < kd["flop_ratio"] < 1.5  # a teacher forward ≈ a third of a training step
+    cskd = next(r for r in res["methods"]["rows"] if r["name"] == "cskd")
+    assert 1.8 < cskd["flop_ratio"] < 2.2  # the partner batch's forward + backward
+    assert len(res["epoch"]["rows"]) == 4 and len(res["files"]["rows"]) == 5
+    if not torch.cuda.is_available():
+        assert res["cuda"]["skipped"].startswith("no CUDA device")
+    text = format_suite(res)
+    for title in ("engine step", "whole training epoch", "per anchor image", "ImageFolder", "CUDA"):
+        assert title in text
+    assert not (tmp_path / "cache").exists()  # the files part keeps its cache to itself
+
+
+def test_cli_bench_parts(capsys):
+    with pytest.raises(ConfigError, match="unknown part"):
+        run_suite(["gpu"])
+    assert main(["bench", "--parts", "cuda"]) == 0
+    out = capsys.readouterr().out
+    assert "## CUDA" in out
