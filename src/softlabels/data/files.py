@@ -361,9 +361,38 @@ class FileLoader(PlannedLoader):
             crops = [c.to(self.device, non_blocking=nb) for c in crops]
         return flip_where(resize_crops(crops, self.image_size), flips)
 
+    def _load(self, item) -> Dict[str, torch.Tensor]:
+        if isinstance(item, _ReadError):
+            raise DataError(item.message)
+        return {key: self._to_device(crops, flips) for key, (crops, flips) in item.items()}
+
     def _images(self, steps: List[Step]) -> Iterator[Dict[str, torch.Tensor]]:
         self._sampler.epoch = self.epoch
-        for item in self._loader:
+        items = iter(self._loader)
+        if self.device.type != "cuda":
+            for item in items:
+                yield self._load(item)
+            return
+        # CUDA: the next step's copies and resizes are issued on a side stream before this
+        # step is handed out, so they overlap this step's compute
+        side = torch.cuda.Stream(self.device)
+
+        def ahead():
+            item = next(items, None)
+            if item is None:
+                return None
             if isinstance(item, _ReadError):
-                raise DataError(item.message)
-            yield {key: self._to_device(crops, flips) for key, (crops, flips) in item.items()}
+                return item  # raised when its step is due, after the steps before it
+            with torch.cuda.stream(side):
+                return self._load(item)
+
+        nxt = ahead()
+        while nxt is not None:
+            if isinstance(nxt, _ReadError):
+                raise DataError(nxt.message)
+            main = torch.cuda.current_stream(self.device)
+            main.wait_stream(side)
+            for t in nxt.values():
+                t.record_stream(main)  # keep the side stream's memory until main is done with it
+            cur, nxt = nxt, ahead()
+            yield cur
