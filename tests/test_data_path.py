@@ -334,3 +334,40 @@ def test_tsne_reduces_with_pca_and_caches_the_map(tmp_path, monkeypatch):
     assert torch.equal(again["points"], first["points"]) and torch.equal(again["index"], first["index"])
     with pytest.raises(AssertionError, match="recomputed"):  # other embeddings: another key
         tsne_2d(x + 1, y, max_points=60, pca_dims=10, cache_dir=tmp_path)
+
+
+# ------------------------------------------------------------------------------ step options
+def test_channels_last_by_default_bf16_and_compile_stay_options(monkeypatch):
+    """channels_last is on by default (model and batches); bf16 autocast and torch.compile are
+    options that train (compile wired through a dynamo backend that needs no C++ compiler)."""
+    import math
+
+    from softlabels.engine.trainer import Trainer
+
+    real_compile = torch.compile
+    compiled = []
+
+    def eager_compile(model, **kw):
+        compiled.append(model)
+        return real_compile(model, backend="eager")
+
+    monkeypatch.setattr(torch, "compile", eager_compile)
+    base = ["data.name=synthetic", "data.options.image_size=12", "data.options.channels=3",
+            "data.options.train_size=32", "data.options.test_size=8", "data.batch_size=8",
+            "model.name=resnet8", "method.name=ce", "train.epochs=1", "train.threads=1",
+            "train.device=cpu"]
+    t = Trainer(build_config(None, base), None)
+    b = next(iter(t.train_loader))
+    assert b.x.is_contiguous(memory_format=torch.channels_last)
+    conv = next(p for p in t.model.parameters() if p.dim() == 4)
+    assert conv.is_contiguous(memory_format=torch.channels_last) and not compiled
+    t = Trainer(build_config(None, base + ["train.precision=bf16", "train.compile=true",
+                                           "train.channels_last=false"]), None)
+    assert compiled == [t.model]
+    b = next(iter(t.train_loader))
+    assert b.x.is_contiguous() and not b.x.is_contiguous(memory_format=torch.channels_last)
+    with t.autocast:
+        assert t.net(b.x).logits.dtype == torch.bfloat16
+    t._reset_accumulators()
+    terms = [t.train_step(b) for _ in range(2)]
+    assert all(math.isfinite(float(v)) for step in terms for v in step.values())
