@@ -371,3 +371,17 @@ def test_channels_last_by_default_bf16_and_compile_stay_options(monkeypatch):
     t._reset_accumulators()
     terms = [t.train_step(b) for _ in range(2)]
     assert all(math.isfinite(float(v)) for step in terms for v in step.values())
+
+
+def test_a_killed_build_is_cleaned_and_redone(tmp_path, monkeypatch):
+    monkeypatch.setenv("SOFTLABELS_CACHE", str(tmp_path / "cache"))
+    root = make_tree(tmp_path / "tree", n_train=1)
+    d = load_dataset("imagefolder", str(root), {"image_size": 12, "resize": 16})
+    c = open_cache(d.all_paths(), ResizeRule(16), "imagefolder", True, progress=False)
+    folder = c.folder
+    torn = folder.with_name(folder.name + ".tmp99999")
+    folder.rename(torn)  # as if the build had been killed before its final rename
+    (torn / "pixels.u8").write_bytes(b"\0" * 5)
+    again = open_cache(d.all_paths(), ResizeRule(16), "imagefolder", True, progress=False)
+    assert again.folder == folder and not torn.exists()
+    assert all(np.array_equal(again.image(again.row_of[p]), c.image(c.row_of[p])) for p in d.all_paths())

@@ -250,6 +250,8 @@ def open_cache(paths: Sequence[str], rule: ResizeRule, what: str, mode="auto",
                 return DecodedCache(folder, paths, rule)
             except Exception:
                 shutil.rmtree(folder, ignore_errors=True)
+            for stale in root.glob(folder.name + ".tmp*"):  # a build killed before its rename
+                shutil.rmtree(stale, ignore_errors=True)
             _build(folder, paths, rule, what, progress)
         return DecodedCache(folder, paths, rule)
     except OSError as exc:
