@@ -51,6 +51,15 @@ def test_suite_runs_every_part_on_tiny_sizes(tmp_path, monkeypatch):
     assert not (tmp_path / "cache").exists()  # the files part keeps its cache to itself
 
 
+def test_formats_part_compares_memory_formats():
+    from softlabels.bench import run_formats_part
+
+    res = run_formats_part(models=("resnet8",), batch_size=4, image_size=8, steps=1, rounds=1, device="cpu")
+    names = [r["name"] for r in res["rows"]]
+    assert names == ["resnet8: contiguous (NCHW)", "resnet8: channels_last"]
+    assert res["rows"][1]["ratio"]["median"] > 0
+
+
 def test_cli_bench_parts(capsys):
     with pytest.raises(ConfigError, match="unknown part"):
         run_suite(["gpu"])

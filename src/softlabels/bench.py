@@ -15,6 +15,8 @@ The parts (``--parts``, default all):
 
 - ``engine``: ``Trainer.train_step`` (what ``softlabels train`` calls) against a bare PyTorch
   loop (forward, cross-entropy, zero_grad, backward, SGD step) on the same batch.
+- ``formats``: the engine step with ``train.channels_last`` on against off, for ResNet-18,
+  MobileNetV2 and DenseNet-121 (CIFAR stems, 32×32), the measurement behind its default.
 - ``epoch``: one training epoch of the engine (its loader, augmentation on the device, its
   step) against an authors'-shape reference loop on the same images and model: a map-style
   dataset converting each image to PIL and applying torchvision's RandomCrop(32, 4) + flip +
@@ -47,7 +49,7 @@ import torch.nn.functional as F
 
 from .config import build_config
 
-PARTS = ("engine", "epoch", "methods", "files", "cuda")
+PARTS = ("engine", "formats", "epoch", "methods", "files", "cuda")
 
 
 # ------------------------------------------------------------------------------ clocks
@@ -231,6 +233,50 @@ def _fmt(v) -> str:
     if v is None:
         return ""
     return f"{v:.3f}" if isinstance(v, float) else str(v)
+
+
+# ------------------------------------------------------------------------------ formats
+def run_formats_part(models: Sequence[str] = ("resnet18", "mobilenet_v2", "densenet121"),
+                     batch_size: int = 16, image_size: int = 32, steps: int = 2, rounds: int = 3,
+                     clock: str = "cpu", device: str = "auto") -> dict:
+    """Part ``formats``: channels_last on vs off, per model, on the same batch and weights."""
+    import inspect
+
+    from . import models as _registration  # noqa: F401
+    from .engine import Trainer
+    from .registry import MODELS
+
+    rows = []
+    dev = "cpu"
+    for model in models:
+        factory = MODELS.get(model).factory
+        stem = ["model.options.stem=cifar"] if "stem" in inspect.signature(
+            factory.__init__ if inspect.isclass(factory) else factory).parameters else []
+        loops, trainers = {}, {}
+        for cl in (False, True):
+            cfg = build_config(None, [
+                "data.name=synthetic", f"data.options.image_size={image_size}", "data.options.channels=3",
+                f"data.options.train_size={batch_size * 2}", "data.options.test_size=8",
+                "data.val_fraction=0", f"data.batch_size={batch_size}", f"model.name={model}",
+                "method.name=ce", f"train.channels_last={cl}", f"train.device={device}",
+                "schedule.name=constant", "train.epochs=1"] + stem)
+            t = trainers[cl] = Trainer(cfg, None)
+            if cl:
+                t.model.load_state_dict(trainers[False].model.state_dict())
+            batch = next(iter(t.train_loader))
+            t._reset_accumulators()
+            t.train_step(batch)  # warm-up
+
+            def run(t=t, batch=batch):
+                for _ in range(steps):
+                    t.train_step(batch)
+                return steps * len(batch)
+            loops["channels_last" if cl else "contiguous"] = run
+        dev = trainers[True].rt.device
+        ips = interleaved(loops, rounds, make_clock(clock), dev)
+        rows.append(_row(f"{model}: contiguous (NCHW)", ips["contiguous"]))
+        rows.append(_row(f"{model}: channels_last", ips["channels_last"], ips["contiguous"]))
+    return {"batch_size": batch_size, "image_size": image_size, "device": str(dev), "rows": rows}
 
 
 # ------------------------------------------------------------------------------ (b) epoch
@@ -621,6 +667,8 @@ def run_suite(parts: Sequence[str] = PARTS, clock: str = "cpu", rounds: int = 3,
                                   image_size=image_size, channels=channels, channels_last=channels_last,
                                   precision=precision, compile=compile, device=device, steps=steps,
                                   rounds=rounds, clock=clock)
+        elif part == "formats":
+            res[part] = run_formats_part(rounds=rounds, clock=clock, device=device)
         elif part == "epoch":
             res[part] = run_epoch_part(model=model, n=epoch_images, batch_size=batch_size,
                                        workers=workers, rounds=rounds, clock=clock, device=device)
@@ -641,6 +689,11 @@ def format_suite(res: dict) -> str:
            f"{res['threads']} torch threads"]
     if "engine" in res:
         out += ["", "## engine step vs a bare PyTorch loop", format_bench(res["engine"])]
+    if "formats" in res:
+        f = res["formats"]
+        out += ["", f"## channels_last vs contiguous, engine step (batch {f['batch_size']}, "
+                    f"{f['image_size']}×{f['image_size']}, CIFAR stems, device {f['device']})",
+                _table(f["rows"], unit, "vs NCHW")]
     if "epoch" in res:
         e = res["epoch"]
         out += ["", f"## a whole training epoch vs the authors'-shape loop ({e['model']}, {e['images']} "

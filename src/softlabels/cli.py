@@ -108,8 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bench", help="the speed goals side by side: engine step, whole epoch, methods, "
                        "file path, CUDA (see docs/benchmarks.md)")
-    p.add_argument("--parts", default="engine,epoch,methods,files,cuda",
-                   help="comma-separated parts to run (default all): engine, epoch, methods, files, cuda")
+    p.add_argument("--parts", default="engine,formats,epoch,methods,files,cuda",
+                   help="comma-separated parts to run (default all): engine, formats, epoch, methods, "
+                   "files, cuda")
     p.add_argument("--clock", choices=["cpu", "wall"], default="cpu",
                    help="cpu: CPU seconds of this process and its workers (shared machines); wall: wall time")
     p.add_argument("--model", default="resnet8", help="model of the engine, epoch and methods parts")
