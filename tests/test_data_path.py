@@ -385,3 +385,15 @@ def test_a_killed_build_is_cleaned_and_redone(tmp_path, monkeypatch):
     again = open_cache(d.all_paths(), ResizeRule(16), "imagefolder", True, progress=False)
     assert again.folder == folder and not torn.exists()
     assert all(np.array_equal(again.image(again.row_of[p]), c.image(c.row_of[p])) for p in d.all_paths())
+
+
+def test_tinyimagenet_cskd_rule(tmp_path):
+    from test_official_readers import SUBSET, make_tiny
+
+    folder = make_tiny(tmp_path / "data")
+    d = load_dataset("tinyimagenet", str(folder), {**SUBSET, "image_size": 32,
+                                                   "train_crop": "random_resized_crop"})
+    assert d.train.images.shape[-2:] == (64, 64) and d.image_size == 32
+    assert d.train_crop == "random_resized_crop"
+    with pytest.raises(ConfigError, match="train_crop"):
+        load_dataset("tinyimagenet", str(folder), {**SUBSET, "train_crop": "resize_random_crop"})

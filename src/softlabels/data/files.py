@@ -38,7 +38,8 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError, DataError
-from .augment import CenterCrop, RandomCrop, ResizedCrop, derived_seed, flip_where, resize_crops
+from .augment import CenterCrop, RandomCrop, ResizedCrop, flip_where, resize_crops
+from .augment import derived_seed  # noqa: F401  (re-exported: files.derived_seed)
 from .loader import PARTNER_ROLE, SEED_STREAM, PlannedLoader, Step, step_uses  # noqa: F401
 
 IMAGENET_MEAN: Tuple[float, float, float] = (0.485, 0.456, 0.406)

@@ -39,7 +39,6 @@ and 10,000 validation images are required, so a truncated download is reported.
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Dict, List, Literal, Optional, Tuple
 
 import numpy as np
