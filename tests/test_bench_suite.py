@@ -60,6 +60,18 @@ def test_formats_part_compares_memory_formats():
     assert res["rows"][1]["ratio"]["median"] > 0
 
 
+def test_the_fine_grained_row_of_the_cuda_part_runs_on_the_cpu(tmp_path, monkeypatch):
+    """The CUDA part's ResNet-50/448 measurement, shrunk and on the CPU: it trains from the
+    file path and reports the data-wait share."""
+    from softlabels.bench import _fine_grained_row
+
+    monkeypatch.setenv("SOFTLABELS_CACHE", str(tmp_path / "cache"))
+    row = _fine_grained_row(n=8, batch_size=4, device="cpu", model="resnet8", image_size=16,
+                            resize=20, size=(30, 24), epochs=2, precision="fp32")
+    assert row["median"] > 0 and 0 <= row["data_wait_share"] < 1
+    assert not (tmp_path / "cache").exists()
+
+
 def test_cli_bench_parts(capsys):
     with pytest.raises(ConfigError, match="unknown part"):
         run_suite(["gpu"])

@@ -591,33 +591,37 @@ def run_cuda_part(rounds: int = 5, steps: int = 20) -> dict:
     return out
 
 
-def _fine_grained_row(n: int = 512, batch_size: int = 32) -> dict:
-    """ResNet-50 at 448 (bf16, channels_last) trained from the file path on JPEGs of the
-    fine-grained sets' size, from the decoded cache with the automatic workers."""
+def _fine_grained_row(n: int = 512, batch_size: int = 32, device: str = "cuda", model: str = "resnet50",
+                      image_size: int = 448, resize: int = 512, size=(600, 450), epochs: int = 3,
+                      precision: str = "bf16") -> dict:
+    """``model`` at ``image_size`` trained from the file path (``resize_random_crop`` from the
+    decoded cache, channels_last, the automatic workers) on ``n`` JPEGs of ``size``: images/s
+    over epochs 2.. and the share of that time spent waiting for the next batch."""
     from .engine import Trainer
 
     with tempfile.TemporaryDirectory(prefix="softlabels-bench-") as tmp:
         old = os.environ.get("SOFTLABELS_CACHE")
         os.environ["SOFTLABELS_CACHE"] = os.path.join(tmp, "cache")
         try:
-            train_dir = write_jpegs(tmp, n, size=(600, 450))
+            train_dir = write_jpegs(tmp, n, size=size)
             os.makedirs(os.path.join(tmp, "test"), exist_ok=True)
-            os.symlink(os.path.join(train_dir, "c0"), os.path.join(tmp, "test", "c0"))
-            for c in os.listdir(train_dir):
-                if c != "c0":
-                    os.symlink(os.path.join(train_dir, c), os.path.join(tmp, "test", c))
+            for c in os.listdir(train_dir):  # the test split: the same files (not evaluated)
+                os.symlink(os.path.join(train_dir, c), os.path.join(tmp, "test", c))
             cfg = build_config(None, [
-                "data.name=imagefolder", f"data.root={tmp}", "data.options.image_size=448",
-                "data.options.resize=512", "data.options.train_crop=resize_random_crop",
-                "data.val_fraction=0", f"data.batch_size={batch_size}", "model.name=resnet50",
-                "method.name=ce", "train.precision=bf16", "train.channels_last=true",
-                "train.device=cuda", "schedule.name=constant", "train.epochs=1"])
+                "data.name=imagefolder", f"data.root={tmp}", f"data.options.image_size={image_size}",
+                f"data.options.resize={resize}", "data.options.train_crop=resize_random_crop",
+                "data.val_fraction=0", f"data.batch_size={batch_size}", f"model.name={model}",
+                "method.name=ce", f"train.precision={precision}", "train.channels_last=true",
+                f"train.device={device}", "schedule.name=constant", "train.epochs=1"])
             t = Trainer(cfg, None)
+            dev = t.rt.device
+            t.model.train()
+            t._reset_accumulators()
             wait = total = 0.0
             seen = 0
-            for epoch in range(3):  # epoch 0 warms up (cudnn autotuning, workers)
+            for epoch in range(epochs):  # epoch 0 warms up (cudnn autotuning, workers)
                 t.train_loader.set_epoch(epoch)
-                torch.cuda.synchronize()
+                _sync(dev)
                 t0 = time.perf_counter()
                 it = iter(t.train_loader)
                 while True:
@@ -631,17 +635,19 @@ def _fine_grained_row(n: int = 512, batch_size: int = 32) -> dict:
                     if epoch:
                         wait += w
                         seen += len(b)
-                torch.cuda.synchronize()
+                _sync(dev)
                 if epoch:
                     total += time.perf_counter() - t0
+            workers = t.train_loader.workers
         finally:
             if old is None:
                 os.environ.pop("SOFTLABELS_CACHE", None)
             else:
                 os.environ["SOFTLABELS_CACHE"] = old
-    ips = seen / total
-    return {"name": f"ResNet-50 448px, file path, batch {batch_size}, bf16+cl", "median": ips,
-            "min": ips, "max": ips, "data_wait_share": wait / total}
+    ips = seen / max(total, 1e-9)
+    return {"name": f"{model} {image_size}px, file path, batch {batch_size}, {precision}+cl, "
+                    f"{workers} workers", "median": ips, "min": ips, "max": ips,
+            "data_wait_share": wait / max(total, 1e-9)}
 
 
 # ------------------------------------------------------------------------------ the suite
