@@ -338,11 +338,20 @@ def test_tsne_reduces_with_pca_and_caches_the_map(tmp_path, monkeypatch):
 
 # ------------------------------------------------------------------------------ step options
 def test_channels_last_by_default_bf16_and_compile_stay_options(monkeypatch):
-    """channels_last is on by default (model and batches); bf16 autocast and torch.compile are
-    options that train (compile wired through a dynamo backend that needs no C++ compiler)."""
+    """channels_last is on by default (``auto``) for convolutional networks, model and
+    batches; bf16 autocast and torch.compile are options that train (compile wired through a
+    dynamo backend that needs no C++ compiler)."""
     import math
 
+    from softlabels.engine.runtime import use_channels_last
     from softlabels.engine.trainer import Trainer
+
+    conv, cpu = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3)), torch.device("cpu")
+    assert use_channels_last("auto", "resnet8", conv, cpu)
+    assert not use_channels_last("auto", "resnet18", conv, cpu)  # measured slower on the CPU
+    assert use_channels_last("auto", "resnet18", conv, torch.device("cuda"))
+    assert not use_channels_last("auto", "mlp", torch.nn.Linear(3, 4), cpu)
+    assert use_channels_last(True, "resnet18", conv, cpu) and not use_channels_last(False, "resnet8", conv, cpu)
 
     real_compile = torch.compile
     compiled = []
@@ -357,6 +366,7 @@ def test_channels_last_by_default_bf16_and_compile_stay_options(monkeypatch):
             "model.name=resnet8", "method.name=ce", "train.epochs=1", "train.threads=1",
             "train.device=cpu"]
     t = Trainer(build_config(None, base), None)
+    assert t.cfg.train.channels_last == "auto" and t.channels_last
     b = next(iter(t.train_loader))
     assert b.x.is_contiguous(memory_format=torch.channels_last)
     conv = next(p for p in t.model.parameters() if p.dim() == 4)

@@ -24,7 +24,7 @@ from ..evaluate.metrics import classification_metrics
 from ..methods.base import build_objective
 from ..models import build_model
 from . import checkpoint as ckpt
-from .runtime import Runtime, autocast_context, seed_everything, setup_runtime
+from .runtime import Runtime, autocast_context, seed_everything, setup_runtime, use_channels_last
 from .schedule import StepSchedule
 
 SELECTION = "lowest val top1_error, ties broken by lower val nll"
@@ -65,7 +65,8 @@ class Trainer:
                                  cfg.model.weights)
         self.objective.adapt_model(self.model)
         self.model = self.model.to(dev)
-        if cfg.train.channels_last:
+        self.channels_last = use_channels_last(cfg.train.channels_last, cfg.model.name, self.model, dev)
+        if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self._check_input_fits()
         self.requires = self.objective.requires
@@ -80,7 +81,7 @@ class Trainer:
 
         self.train_loader, self.val_loader, self.test_loader = build_loaders(
             self.data, cfg.data, device=dev, seed=cfg.train.seed, rank=self.rt.rank,
-            world=self.rt.world, channels_last=cfg.train.channels_last, requires=self.requires)
+            world=self.rt.world, channels_last=self.channels_last, requires=self.requires)
         self.optimizer = self._make_optimizer(self._param_groups())
         self.schedule = StepSchedule(self.optimizer, cfg.schedule, len(self.train_loader), cfg.train.epochs)
         self.autocast = autocast_context(dev, cfg.train.precision)
