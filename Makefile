@@ -28,7 +28,7 @@ test: $(STAMP)
 # the CPU suite (engine, epoch, methods, files; the CUDA part notes its skip), CPU-time clock, a
 # few minutes on 2 cores; docs/benchmarks.md holds its figures
 bench: $(STAMP)
-	$(VENV)/bin/softlabels bench --clock cpu --threads 1 --rounds 3 --steps 5 --epoch-images 1024 --files 192 --json bench.json
+	$(VENV)/bin/softlabels bench --clock cpu --threads 1 --rounds 3 --steps 5 --epoch-images 1024 --files 192 --json runs/bench.json
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -312,6 +312,7 @@ def cmd_bench(args) -> int:
                     files=args.files, methods=methods, progress=lambda s: print(s, file=sys.stderr, flush=True))
     print(format_suite(res))
     if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(res, indent=1, default=str))
     return 0
 
