@@ -407,3 +407,16 @@ def test_tinyimagenet_cskd_rule(tmp_path):
     assert d.train_crop == "random_resized_crop"
     with pytest.raises(ConfigError, match="train_crop"):
         load_dataset("tinyimagenet", str(folder), {**SUBSET, "train_crop": "resize_random_crop"})
+
+
+def test_automatic_worker_count(monkeypatch):
+    from softlabels.data.files import auto_workers
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(32)), raising=False)
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert auto_workers(True, cpu) == 0  # a slice of the memory map: no workers needed
+    assert auto_workers(False, cpu) == 8 and auto_workers(True, cuda) == 4
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "8")  # 8 DDP processes share the 32 cores
+    assert auto_workers(False, cuda) == 3
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0}, raising=False)
+    assert auto_workers(False, cuda) == 0

@@ -148,20 +148,20 @@ class ImageFiles:
         return 3
 
 
-
-
 # --------------------------------------------------------------------------------------------
 # Loader
 
 
 def auto_workers(cached: bool, device: torch.device) -> int:
     """Worker processes when ``data.workers`` is 0: none for a cached split on the CPU (a crop
-    is a slice of a memory-mapped array); otherwise one per core but one, at most 8 (at most 4
-    for a cached split), so decoding overlaps the step."""
+    is a slice of a memory-mapped array); otherwise one per core but one, the cores shared among
+    the processes of this node (torchrun's ``LOCAL_WORLD_SIZE``), at most 8 (at most 4 for a
+    cached split), so decoding overlaps the step."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     if cached and device.type == "cpu":
         return 0
-    return max(0, min(4 if cached else 8, cores - 1))
+    per_process = cores // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1))
+    return max(0, min(4 if cached else 8, per_process - 1))
 
 
 class _ReadError:
