@@ -420,3 +420,17 @@ def test_automatic_worker_count(monkeypatch):
     assert auto_workers(False, cuda) == 3
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0}, raising=False)
     assert auto_workers(False, cuda) == 0
+
+
+def test_persistent_workers_are_kept_across_epochs_and_closed(tree):
+    d = load_dataset("imagefolder", str(tree), {"image_size": 12, "resize": 16})
+    loader = file_loader(d.train, workers=1)
+    first = epoch(loader, 0)
+    pids = list(loader._loader._iterator._workers)
+    assert pids and all(w.is_alive() for w in pids)
+    same(first, epoch(loader, 0))  # a second pass reuses the same worker processes
+    assert list(loader._loader._iterator._workers) == pids
+    loader.close()
+    assert not any(w.is_alive() for w in pids)
+    same(first, epoch(loader, 0))  # and a later pass starts new ones
+    loader.close()

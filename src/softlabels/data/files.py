@@ -354,6 +354,15 @@ class FileLoader(PlannedLoader):
         super().set_epoch(epoch)
         self._sampler.epoch = self.epoch
 
+    def close(self) -> None:
+        """Stop the persistent worker processes now (they also stop when the loader is freed;
+        a loader kept alive by a reference cycle would otherwise hold them until the cyclic
+        garbage collector runs). Iterating again starts new ones."""
+        it = getattr(self._loader, "_iterator", None)
+        if it is not None and hasattr(it, "_shutdown_workers"):
+            it._shutdown_workers()
+        self._loader._iterator = None
+
     def _to_device(self, crops, flips) -> torch.Tensor:
         nb = self.device.type == "cuda"
         if isinstance(crops, torch.Tensor):
