@@ -25,8 +25,10 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q
 
+# the CPU suite (engine, epoch, methods, files; the CUDA part notes its skip), CPU-time clock, a
+# few minutes on 2 cores; docs/benchmarks.md holds its figures
 bench: $(STAMP)
-	$(VENV)/bin/softlabels bench --model resnet8 --batch-size 128 --image-size 28 --channels-last --steps 20 --rounds 9
+	$(VENV)/bin/softlabels bench --clock cpu --threads 1 --rounds 3 --steps 5 --epoch-images 1024 --files 192 --json runs/bench.json
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -68,9 +68,10 @@ def test_every_sample_once_per_epoch_with_its_label():
 
 
 def test_ddp_shards_reassemble_the_single_process_batch():
-    split = _split()
-    single = list(_loader(split))
-    ranks = [list(_loader(split, rank=r, world=3)) for r in range(3)]
+    split = _split()  # 50 samples in global batches of 15: 15, 15, 15, 5 (5 split 2+2+1)
+    single = list(_loader(split, batch_size=15))
+    ranks = [list(_loader(split, batch_size=15, rank=r, world=3)) for r in range(3)]
+    assert [len(b) for b in single] == [15, 15, 15, 5]
     for i, whole in enumerate(single):
         parts = [ranks[r][i] for r in range(3)]
         assert torch.equal(torch.cat([p.index for p in parts]), whole.index)

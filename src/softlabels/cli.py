@@ -193,19 +193,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--csv", metavar="FILE", help="also write the table as CSV (the same columns, mean ± std cells)")
     p.add_argument("--latex", metavar="FILE", help="also write the table as a LaTeX tabular")
 
-    p = sub.add_parser("bench", help="images/s of the engine's step vs a bare PyTorch loop")
-    p.add_argument("--model", default="resnet8")
-    p.add_argument("--methods", default="ce,ols", help="engine methods to time (default ce,ols)")
+    p = sub.add_parser("bench", help="the speed goals side by side: engine step, whole epoch, methods, "
+                       "file path, CUDA (see docs/benchmarks.md)")
+    p.add_argument("--parts", default="engine,formats,epoch,methods,files,cuda",
+                   help="comma-separated parts to run (default all): engine, formats, epoch, methods, "
+                   "files, cuda")
+    p.add_argument("--clock", choices=["cpu", "wall"], default="cpu",
+                   help="cpu: CPU seconds of this process and its workers (shared machines); wall: wall time")
+    p.add_argument("--model", default="resnet8", help="model of the engine, epoch and methods parts")
+    p.add_argument("--methods", default="",
+                   help="methods of the methods part (default: every registered method)")
     p.add_argument("--batch-size", type=_int_in(1, 2**20), default=128)
-    p.add_argument("--image-size", type=_int_in(1, 4096), default=28)
-    p.add_argument("--channels", type=_int_in(1, 64), default=1)
-    p.add_argument("--num-classes", type=_int_in(2, 1_000_000), default=10)
-    p.add_argument("--channels-last", action="store_true")
+    p.add_argument("--image-size", type=_int_in(1, 4096), default=28, help="image side of the engine part")
+    p.add_argument("--channels", type=_int_in(1, 64), default=1, help="image channels of the engine part")
+    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True,
+                   help="channels-last memory format in the engine part (default on)")
     p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
     p.add_argument("--compile", action="store_true")
     p.add_argument("--device", default="auto")
-    p.add_argument("--steps", type=_int_in(1, 1_000_000), default=20, help="steps per timed block")
-    p.add_argument("--rounds", type=_int_in(1, 10_000), default=5, help="interleaved timed blocks per loop")
+    p.add_argument("--steps", type=_int_in(1, 1_000_000), default=5, help="steps per timed block (engine, methods)")
+    p.add_argument("--rounds", type=_int_in(1, 10_000), default=3, help="interleaved timed rounds per comparison")
+    p.add_argument("--epoch-images", type=_int_in(1, 10_000_000), default=2048, help="images of the epoch part")
+    p.add_argument("--workers", type=_int_in(0, 1024), default=2, help="DataLoader workers of the authors'-shape loop")
+    p.add_argument("--files", type=_int_in(1, 1_000_000), default=256, help="JPEGs written for the files part")
     p.add_argument("--threads", type=_int_in(0, 1024), default=0, help="torch threads (0: leave as is)")
     p.add_argument("--json", help="also write the figures to this JSON file")
 
@@ -499,16 +509,23 @@ def cmd_report(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    from .bench import format_bench, run_bench
+    import torch
 
-    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    res = run_bench(model=args.model, methods=methods, batch_size=args.batch_size, image_size=args.image_size,
-                    channels=args.channels, num_classes=args.num_classes, channels_last=args.channels_last,
-                    precision=args.precision, compile=args.compile, device=args.device, steps=args.steps,
-                    rounds=args.rounds, threads=args.threads)
-    print(format_bench(res))
+    from .bench import format_suite, run_suite
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    parts = [p.strip() for p in args.parts.split(",") if p.strip()]
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()] or None
+    res = run_suite(parts, clock=args.clock, rounds=args.rounds, steps=args.steps, device=args.device,
+                    model=args.model, batch_size=args.batch_size, image_size=args.image_size,
+                    channels=args.channels, channels_last=args.channels_last, precision=args.precision,
+                    compile=args.compile, epoch_images=args.epoch_images, workers=args.workers,
+                    files=args.files, methods=methods, progress=lambda s: print(s, file=sys.stderr, flush=True))
+    print(format_suite(res))
     if args.json:
-        Path(args.json).write_text(json.dumps(res, indent=1))
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(res, indent=1, default=str))
     return 0
 
 

@@ -16,7 +16,7 @@ import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Literal, Optional
+from typing import Any, Dict, List, Literal, Optional, Union
 
 import yaml
 
@@ -111,7 +111,7 @@ class TrainConfig:
     deterministic: bool = False
     device: str = "auto"
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
-    channels_last: bool = False
+    channels_last: Union[bool, Literal["auto"]] = "auto"
     compile: bool = False
     sync_bn: bool = False
     threads: Optional[int] = field(default=None, metadata=_range(1, MAX_THREADS))

@@ -1,16 +1,217 @@
 """Batched augmentation on uint8 image tensors, on whatever device they live on.
 
-Random parameters are drawn on the CPU from an explicit generator for the whole global batch
-(so every DDP rank and every resumed run draws the same numbers) and applied on the device in a
-single gather. No per-sample Python work.
+Every training image of an epoch has a 62-bit *sample seed* (drawn per position in the split
+from the epoch's generator, see ``loader.BatchPlan``); each use of it (the anchor, view v, a
+class partner) has its own seed ``derived_seed(sample_seed, role)``. The random parameters of a
+use (crop offsets, box, flip) are a pure function of that seed: a counter-based hash
+(``uniforms``) gives its uniform numbers, vectorised over a batch. So an image's augmentation
+does not depend on the batch, the rank, the worker or any process-global RNG, and no
+``fork_rng`` is needed.
+
+The transforms, all applied on the device to a whole batch:
+
+- ``CropFlip``: random crop of a zero-padded image (the CIFAR recipe), then a flip.
+- ``ResizedCrop``: ``RandomResizedCrop`` (torchvision's sampling: scale (0.08, 1), ratio
+  (3/4, 4/3), 10 tries, then a centred fallback), resized to ``size`` (bilinear, antialiased),
+  then a flip.
+- ``RandomCrop``: a random ``size``×``size`` window of the (already resized) image, then a flip.
+- ``CenterCrop``: the centred ``size``×``size`` window (evaluation).
+- ``Resize``: the whole image resized to ``size``×``size`` (evaluation of a random-resized-crop
+  protocol on images held at another size, e.g. Tiny ImageNet 64 → 32).
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
-from typing import Dict, Sequence
+from typing import Dict, List, Sequence, Tuple, Union
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+
+_GOLDEN = 0x9E3779B97F4A7C15
+_MASK64 = (1 << 64) - 1
+
+
+def _mix(z: np.ndarray) -> np.ndarray:
+    """splitmix64's finaliser on a uint64 array (wrapping arithmetic)."""
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return z ^ (z >> np.uint64(31))
+
+
+def _as_u64(seeds) -> np.ndarray:
+    if isinstance(seeds, torch.Tensor):
+        seeds = seeds.detach().cpu().numpy()
+    return np.asarray(seeds, dtype=np.int64).reshape(-1).astype(np.uint64)
+
+
+def derived_seeds(seeds, role: int) -> torch.Tensor:
+    """``derived_seed`` of every seed of a batch (int64 tensor); role 0 is the seed itself."""
+    s = _as_u64(seeds)
+    if role == 0:
+        return torch.from_numpy(s.astype(np.int64))
+    with np.errstate(over="ignore"):
+        z = s + np.uint64((role * _GOLDEN) & _MASK64)
+        out = _mix(z) >> np.uint64(2)  # < 2**62, like the drawn sample seeds
+    return torch.from_numpy(out.astype(np.int64))
+
+
+def derived_seed(sample_seed: int, role: int) -> int:
+    """The augmentation seed of one use of a sample: ``role`` 0 is the sample's seed itself
+    (``batch.x``), view v uses role v, a partner image ``PARTNER_ROLE``. Depends only on
+    (sample seed, role), i.e. on (run seed, epoch, sample, role): not on batch, rank or worker."""
+    return int(derived_seeds([int(sample_seed)], role)[0])
+
+
+def uniforms(seeds, count: int) -> np.ndarray:
+    """``count`` uniform numbers in [0, 1) per seed (float64, len(seeds)×count), a pure
+    function of (seed, k): counter-based, so any subset of a batch draws the same numbers."""
+    s = _as_u64(seeds)
+    k = np.arange(1, count + 1, dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        z = s[:, None] + k[None, :] * np.uint64(_GOLDEN)
+        return (_mix(z) >> np.uint64(11)).astype(np.float64) * (2.0 ** -53)
+
+
+Boxes = Dict[str, np.ndarray]  # top, left, height, width (int64), flip (bool); one per sample
+
+
+class BoxTransform:
+    """A crop box (and flip) per sample from its seed and its image's size; ``size`` is the
+    output side (the box is resized to size×size when it is not already that)."""
+
+    size: int
+    hflip: bool = False
+
+    def boxes(self, seeds, heights, widths) -> Boxes:
+        raise NotImplementedError
+
+
+@dataclass
+class ResizedCrop(BoxTransform):
+    size: int
+    hflip: bool = True
+    scale: Tuple[float, float] = (0.08, 1.0)
+    ratio: Tuple[float, float] = (3 / 4, 4 / 3)
+    tries: int = 10
+
+    def boxes(self, seeds, heights, widths) -> Boxes:
+        h = np.asarray(heights, dtype=np.int64).reshape(-1)
+        w = np.asarray(widths, dtype=np.int64).reshape(-1)
+        n = len(h)
+        u = uniforms(seeds, 4 * self.tries + 1)
+        area = (h * w).astype(np.float64)
+        log_lo, log_hi = math.log(self.ratio[0]), math.log(self.ratio[1])
+        top, left = np.zeros(n, np.int64), np.zeros(n, np.int64)
+        bh, bw = np.zeros(n, np.int64), np.zeros(n, np.int64)
+        done = np.zeros(n, dtype=bool)
+        for t in range(self.tries):  # torchvision's sampling, each try on its own 4 numbers
+            target = area * (self.scale[0] + u[:, 4 * t] * (self.scale[1] - self.scale[0]))
+            aspect = np.exp(log_lo + u[:, 4 * t + 1] * (log_hi - log_lo))
+            cw = np.round(np.sqrt(target * aspect)).astype(np.int64)
+            ch = np.round(np.sqrt(target / aspect)).astype(np.int64)
+            ok = ~done & (cw > 0) & (ch > 0) & (cw <= w) & (ch <= h)
+            top[ok] = np.floor(u[ok, 4 * t + 2] * (h[ok] - ch[ok] + 1)).astype(np.int64)
+            left[ok] = np.floor(u[ok, 4 * t + 3] * (w[ok] - cw[ok] + 1)).astype(np.int64)
+            bh[ok], bw[ok] = ch[ok], cw[ok]
+            done |= ok
+        rest = ~done  # fallback: the whole image, its ratio clamped to the range, centred
+        if rest.any():
+            in_ratio = w[rest] / h[rest]
+            fw, fh = w[rest].copy(), h[rest].copy()
+            narrow, wide = in_ratio < self.ratio[0], in_ratio > self.ratio[1]
+            fh[narrow] = np.round(fw[narrow] / self.ratio[0]).astype(np.int64)
+            fw[wide] = np.round(fh[wide] * self.ratio[1]).astype(np.int64)
+            bh[rest], bw[rest] = fh, fw
+            top[rest], left[rest] = (h[rest] - fh) // 2, (w[rest] - fw) // 2
+        flip = (u[:, -1] < 0.5) if self.hflip else np.zeros(n, dtype=bool)
+        return {"top": top, "left": left, "height": bh, "width": bw, "flip": flip}
+
+
+@dataclass
+class RandomCrop(BoxTransform):
+    """A uniformly placed size×size window (images at least that large), then a flip."""
+
+    size: int
+    hflip: bool = True
+
+    def boxes(self, seeds, heights, widths) -> Boxes:
+        h = np.asarray(heights, dtype=np.int64).reshape(-1)
+        w = np.asarray(widths, dtype=np.int64).reshape(-1)
+        u = uniforms(seeds, 3)
+        c = np.full(len(h), self.size, dtype=np.int64)
+        top = np.floor(u[:, 0] * np.maximum(h - c + 1, 1)).astype(np.int64)
+        left = np.floor(u[:, 1] * np.maximum(w - c + 1, 1)).astype(np.int64)
+        flip = (u[:, 2] < 0.5) if self.hflip else np.zeros(len(h), dtype=bool)
+        return {"top": top, "left": left, "height": np.minimum(c, h), "width": np.minimum(c, w),
+                "flip": flip}
+
+
+@dataclass
+class CenterCrop(BoxTransform):
+    """The centred size×size window (torchvision's rounding); no randomness."""
+
+    size: int
+
+    def boxes(self, seeds, heights, widths) -> Boxes:
+        h = np.asarray(heights, dtype=np.int64).reshape(-1)
+        w = np.asarray(widths, dtype=np.int64).reshape(-1)
+        c = np.full(len(h), self.size, dtype=np.int64)
+        top = np.round((h - c) / 2.0).astype(np.int64).clip(min=0)  # round half to even,
+        left = np.round((w - c) / 2.0).astype(np.int64).clip(min=0)  # as torchvision's
+        return {"top": top, "left": left, "height": np.minimum(c, h), "width": np.minimum(c, w),
+                "flip": np.zeros(len(h), dtype=bool)}
+
+
+@dataclass
+class Resize(BoxTransform):
+    """The whole image, resized to size×size."""
+
+    size: int
+
+    def boxes(self, seeds, heights, widths) -> Boxes:
+        h = np.asarray(heights, dtype=np.int64).reshape(-1)
+        w = np.asarray(widths, dtype=np.int64).reshape(-1)
+        z = np.zeros(len(h), dtype=np.int64)
+        return {"top": z, "left": z.copy(), "height": h, "width": w, "flip": np.zeros(len(h), dtype=bool)}
+
+
+def resize_crops(crops: Union[torch.Tensor, Sequence[torch.Tensor]], size: int) -> torch.Tensor:
+    """uint8 C×h×w crops (or a batch of equal ones) → one uint8 B×C×size×size batch, each
+    resized (bilinear, antialiased, torchvision's tensor resize) only when not already size×size.
+
+    On the CPU the resize runs on uint8 directly (torch's vectorised kernel); elsewhere in
+    float32, rounded back to uint8, so the result is a uint8 image either way.
+    """
+    out: List[torch.Tensor] = []
+    for c in crops:
+        if tuple(c.shape[-2:]) != (size, size):
+            if c.device.type == "cpu":
+                c = F.interpolate(c[None], size=(size, size), mode="bilinear", antialias=True,
+                                  align_corners=False)[0]
+            else:
+                r = F.interpolate(c[None].float(), size=(size, size), mode="bilinear",
+                                  antialias=True, align_corners=False)[0]
+                c = r.round_().clamp_(0, 255).to(torch.uint8)
+        out.append(c)
+    return torch.stack(out) if out else torch.zeros(0, dtype=torch.uint8)
+
+
+def apply_boxes(images: torch.Tensor, boxes: Boxes, size: int) -> torch.Tensor:
+    """Crop box b of image b of a B×C×H×W uint8 batch, resize to size×size, flip."""
+    crops = [images[b, :, t:t + h, l:l + w] for b, (t, l, h, w) in enumerate(zip(
+        boxes["top"].tolist(), boxes["left"].tolist(), boxes["height"].tolist(), boxes["width"].tolist()))]
+    return flip_where(resize_crops(crops, size), boxes["flip"])
+
+
+def flip_where(images: torch.Tensor, flip) -> torch.Tensor:
+    """Mirror the images whose ``flip`` is true (one batched op)."""
+    flip = torch.as_tensor(np.asarray(flip, dtype=bool) if not isinstance(flip, torch.Tensor) else flip)
+    if not bool(flip.any()):
+        return images
+    mask = flip.to(images.device).view(-1, 1, 1, 1)
+    return torch.where(mask, images.flip(-1), images)
 
 
 @dataclass
@@ -20,14 +221,13 @@ class CropFlip:
     padding: int = 4
     hflip: bool = True
 
-    def sample(self, n: int, generator: torch.Generator) -> Dict[str, torch.Tensor]:
-        p = self.padding
-        params = {
-            "dy": torch.randint(0, 2 * p + 1, (n,), generator=generator),
-            "dx": torch.randint(0, 2 * p + 1, (n,), generator=generator),
-        }
+    def params(self, seeds) -> Dict[str, torch.Tensor]:
+        """Offsets (dy, dx) in 0..2·padding and the flip, from each sample's seed."""
+        u = torch.from_numpy(uniforms(seeds, 3))
+        span = 2 * self.padding + 1
+        params = {"dy": (u[:, 0] * span).long(), "dx": (u[:, 1] * span).long()}
         if self.hflip:
-            params["flip"] = torch.rand(n, generator=generator) < 0.5
+            params["flip"] = u[:, 2] < 0.5
         return params
 
     def apply(self, images: torch.Tensor, params: Dict[str, torch.Tensor]) -> torch.Tensor:

@@ -31,7 +31,10 @@ class ImageTensors:
     """A whole small-image dataset in memory.
 
     ``val`` is the dataset's official validation split, or None (the engine then carves one
-    from ``train``). ``crop_padding`` and ``hflip`` are the dataset's standard augmentation.
+    from ``train``). ``crop_padding`` and ``hflip`` are the dataset's standard augmentation
+    (``train_crop: pad_crop``). ``train_crop: random_resized_crop`` with ``output_size`` S
+    instead trains on RandomResizedCrop(S) of the stored images and evaluates on them resized
+    to S×S (CS-KD's Tiny ImageNet at 32×32 from the 64×64 images).
     """
 
     train: TensorSplit
@@ -42,6 +45,8 @@ class ImageTensors:
     val: Optional[TensorSplit] = None
     crop_padding: int = 4
     hflip: bool = True
+    train_crop: str = "pad_crop"
+    output_size: Optional[int] = None
 
     @property
     def num_classes(self) -> int:
@@ -53,7 +58,8 @@ class ImageTensors:
 
     @property
     def image_size(self) -> int:
-        return int(self.train.images.shape[-1])
+        """The side of the images batches carry."""
+        return int(self.output_size or self.train.images.shape[-1])
 
 
 @dataclass

@@ -41,7 +41,7 @@ import torch
 
 from ..errors import ConfigError, DataError
 from ..registry import DATASETS
-from .files import IMAGENET_MEAN, IMAGENET_STD, FileSplit, ImageFiles, check_file_options, error_text
+from .files import IMAGENET_MEAN, IMAGENET_STD, FileSplit, ImageFiles, CacheMode, ResizeShape, TrainCrop, check_file_options, error_text
 
 # --------------------------------------------------------------------------------------------
 # Shared helpers
@@ -170,9 +170,11 @@ def first_synonyms(wnids: Sequence[str], words: Dict[str, str]) -> List[str]:
 
 def file_dataset(train_paths, train_labels, test_paths, test_labels, classes, image_size,
                  resize, mean=IMAGENET_MEAN, std=IMAGENET_STD, val=None,
-                 train_crop: str = "random_resized_crop", resize_shape: str = "short_side") -> ImageFiles:
+                 train_crop: str = "random_resized_crop", resize_shape: str = "short_side",
+                 cache="auto") -> ImageFiles:
     """An ``ImageFiles`` from path and label lists; ``val``: an optional official validation
-    split ``(paths, labels)``; ``train_crop``/``resize_shape``: the input protocol."""
+    split ``(paths, labels)``; ``train_crop``/``resize_shape``: the input protocol; ``cache``:
+    the decoded-image cache mode."""
     return ImageFiles(
         train=FileSplit(list(train_paths), torch.tensor(list(train_labels), dtype=torch.long)),
         test=FileSplit(list(test_paths), torch.tensor(list(test_labels), dtype=torch.long)),
@@ -184,6 +186,7 @@ def file_dataset(train_paths, train_labels, test_paths, test_labels, classes, im
         resize=resize,
         train_crop=train_crop,
         resize_shape=resize_shape,
+        cache=cache,
     )
 
 
@@ -226,11 +229,14 @@ def cub200(
     expect_official: bool = True,
     mean: Tuple[float, float, float] = IMAGENET_MEAN,
     std: Tuple[float, float, float] = IMAGENET_STD,
+    train_crop: TrainCrop = "random_resized_crop",
+    resize_shape: ResizeShape = "short_side",
+    cache: CacheMode = "auto",
 ) -> ImageFiles:
     """CUB-200-2011 with its official train/test split; ``image_size=448, resize=512`` for the
     fine-grained papers' 448×448 inputs."""
     what = "cub200"
-    check_file_options(image_size, resize, mean, std)
+    check_file_options(image_size, resize, mean, std, train_crop, resize_shape, cache)
     base = need_root(root, what, CUB_LAYOUT)
     folder = base / "CUB_200_2011" if (base / "CUB_200_2011").is_dir() else base
     missing = [n for n in CUB_FILES if not (folder / n).is_file()]
@@ -296,7 +302,7 @@ def cub200(
     )
     check_listed_exist(what, train_paths + test_paths, str(images_path))
     return file_dataset(train_paths, train_labels, test_paths, test_labels, classes,
-                        image_size, resize, mean, std)
+                        image_size, resize, mean, std, train_crop, resize_shape, cache)
 
 
 # --------------------------------------------------------------------------------------------
@@ -347,11 +353,14 @@ def dogs(
     expect_official: bool = True,
     mean: Tuple[float, float, float] = IMAGENET_MEAN,
     std: Tuple[float, float, float] = IMAGENET_STD,
+    train_crop: TrainCrop = "random_resized_crop",
+    resize_shape: ResizeShape = "short_side",
+    cache: CacheMode = "auto",
 ) -> ImageFiles:
     """Stanford Dogs with its official split (lists.tar, read with scipy); ``image_size=448,
     resize=512`` for the fine-grained papers' 448×448 inputs."""
     what = "dogs"
-    check_file_options(image_size, resize, mean, std)
+    check_file_options(image_size, resize, mean, std, train_crop, resize_shape, cache)
     base = need_root(root, what, DOGS_LAYOUT)
     images = next((base / n for n in ("Images", "images") if (base / n).is_dir()), None)
     if images is None:
@@ -393,7 +402,7 @@ def dogs(
     test_paths = [str(images / f) for f in test_files]
     check_listed_exist(what, train_paths + test_paths, f"{lists}/{{train,test}}_list.mat")
     return file_dataset(train_paths, train_labels, test_paths, [y - 1 for y in test_y],
-                        classes, image_size, resize, mean, std)
+                        classes, image_size, resize, mean, std, train_crop, resize_shape, cache)
 
 
 # --------------------------------------------------------------------------------------------
@@ -429,10 +438,13 @@ def mit67(
     expect_official: bool = True,
     mean: Tuple[float, float, float] = IMAGENET_MEAN,
     std: Tuple[float, float, float] = IMAGENET_STD,
+    train_crop: TrainCrop = "random_resized_crop",
+    resize_shape: ResizeShape = "short_side",
+    cache: CacheMode = "auto",
 ) -> ImageFiles:
     """MIT Indoor-67 with the official 80/20-per-class split of TrainImages/TestImages.txt."""
     what = "mit67"
-    check_file_options(image_size, resize, mean, std)
+    check_file_options(image_size, resize, mean, std, train_crop, resize_shape, cache)
     base = need_root(root, what, MIT67_LAYOUT)
     images = next((d for d in (base / "Images", base / "indoorCVPR_09" / "Images")
                    if d.is_dir()), None)
@@ -459,4 +471,5 @@ def mit67(
     test_paths = [str(images / line) for _, _, line in test]
     check_listed_exist(what, train_paths + test_paths, f"{lists}/{{Train,Test}}Images.txt")
     return file_dataset(train_paths, [index[c] for _, c, _ in train], test_paths,
-                        [index[c] for _, c, _ in test], classes, image_size, resize, mean, std)
+                        [index[c] for _, c, _ in test], classes, image_size, resize, mean, std,
+                        train_crop, resize_shape, cache)

@@ -1,43 +1,74 @@
-"""File-list datasets (an image per file, decoded on the fly) and their loader.
+"""File-list datasets (an image per file) and their loader.
 
-``ImageFiles`` is what the ``imagefolder`` dataset returns: paths and labels instead of pixels,
-for datasets too large to hold in memory or with images of varying size. ``FileLoader`` is the
-iterable the engine uses in place of the in-memory tensor loader; it yields the same ``Batch``.
+``ImageFiles`` is what the file-based readers return (``imagefolder``, ``cub200``, ``dogs``,
+``mit67``, ``imagenet`` …): paths and labels instead of pixels, for datasets too large to hold
+in memory or with images of varying size. ``FileLoader`` is the iterable the engine uses in
+place of the in-memory tensor loader; both follow one plan (``loader.BatchPlan``: which
+samples, which seeds, the short last batch kept) and one batch assembly
+(``loader.PlannedLoader``), and yield the same ``Batch``.
 
-Determinism: the training order of an epoch is a permutation drawn from a ``torch.Generator``
-seeded from (seed, epoch), and every sample's random crop/flip is drawn from its own seed taken
-from the same generator. So the images a step sees depend only on (seed, epoch, global batch
-size): not on the number of worker processes, and a rank of an N-process DDP run gets exactly
-its slice of the global batch a single process would have seen.
+Input protocol (data options of every file reader, checked by ``check_file_options``):
 
-What some methods need beyond ``batch.x`` (``methods.base.Requires``) comes with the same
-``batch.extra`` keys as from the in-memory loader: class pairs through a sampler such as
-``ClassPairBatches`` (``partner_x``, ``partner_y``, ``partner_index``), extra augmented views
-(``view1`` …) and un-augmented copies (``clean_x``). Each file of a step is decoded once and
-every image asked of it is made from that decode, each with its own seed derived from the
-sample's (``derived_seed``), so they too depend only on (seed, epoch, sample, use).
+- Every image is first brought to the *stored* size by the resize rule: ``resize_shape:
+  short_side`` (default: the shorter side to ``resize``, aspect kept) or ``square``
+  (``resize``×``resize``). That is what the decoded cache keeps (``cache.DecodedCache``, built
+  once per dataset and rule, memory-mapped, shared by every run), or what is decoded per step
+  when the set is not cached (then in persistent worker processes).
+- Training crop (``train_crop``): ``random_resized_crop`` (default; CS-KD, the torchvision
+  ImageNet recipe: a random box of 8–100 % of the stored image's area, aspect 3/4–4/3, resized
+  to ``image_size``) or ``resize_random_crop`` (a random ``image_size`` window of the stored
+  image: JGL; the KT code's 600 → 448, the OLS fine-grained code's 256 → 224); then a
+  horizontal flip (``data.hflip``).
+- Evaluation (and the ``clean_x`` copy, and training with ``data.augment=false``): the centred
+  ``image_size`` window of the stored image, i.e. Resize(resize) + CenterCrop(image_size).
+
+The worker (or the main process) only slices the crop box out of the stored image; resizing
+the box to ``image_size``, flipping and normalising run batched on the training device.
+Boxes and flips are drawn from each use's seed (``augment``), so the images a step sees depend
+only on (seed, epoch, sample, role): not on the number of worker processes, on the DDP world
+size, or on whether the cache is used.
 """
 from __future__ import annotations
 
-import math
+import os
 from dataclasses import dataclass
-from typing import Dict, Iterator, List, NamedTuple, Optional, Sequence, Tuple, Union
+from typing import Dict, Iterator, List, Literal, Optional, Sequence, Tuple, Union
 
+import numpy as np
 import torch
 
 from ..errors import ConfigError, DataError
-from .base import Batch
-from .loader import epoch_generator, shard_bounds
+from .augment import CenterCrop, RandomCrop, ResizedCrop, flip_where, resize_crops
+from .augment import derived_seed  # noqa: F401  (re-exported: files.derived_seed)
+from .loader import PARTNER_ROLE, SEED_STREAM, PlannedLoader, Step, step_uses  # noqa: F401
 
 IMAGENET_MEAN: Tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: Tuple[float, float, float] = (0.229, 0.224, 0.225)
 
 IndexLike = Union[torch.Tensor, Sequence[int]]
 
+# the input-protocol options of every file reader (data.options.*)
+TrainCrop = Literal["random_resized_crop", "resize_random_crop"]
+ResizeShape = Literal["short_side", "square"]
+CacheMode = Union[bool, Literal["auto"]]
+TRAIN_CROPS = ("random_resized_crop", "resize_random_crop")
+RESIZE_SHAPES = ("short_side", "square")
 
-def check_file_options(image_size: int, resize: int, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> None:
-    """The options every file-based reader shares: 1 <= image_size <= resize, and mean/std of 3
-    numbers each (RGB, 0..1 scale) with std > 0; otherwise a ConfigError naming the option."""
+
+def check_file_options(image_size: int, resize: int, mean=IMAGENET_MEAN, std=IMAGENET_STD,
+                       train_crop: str = "random_resized_crop", resize_shape: str = "short_side",
+                       cache: CacheMode = "auto") -> None:
+    """The options every file-based reader shares: 1 <= image_size <= resize, mean/std of 3
+    numbers each (RGB, 0..1 scale) with std > 0, ``train_crop`` / ``resize_shape`` / ``cache``
+    one of their values; otherwise a ConfigError naming the option."""
+    for key, value, allowed in (("train_crop", train_crop, TRAIN_CROPS),
+                                ("resize_shape", resize_shape, RESIZE_SHAPES),
+                                ("cache", cache, (True, False, "auto"))):
+        ok = (value is True or value is False or value == "auto") if key == "cache" else (
+            isinstance(value, str) and value in allowed)
+        if not ok:
+            raise ConfigError(f"data.options.{key}: expected one of "
+                              f"{', '.join(str(a).lower() for a in allowed)}, got {value!r}")
     if image_size < 1:
         raise ConfigError(f"data.options.image_size: must be >= 1, got {image_size}")
     if resize < image_size:
@@ -82,8 +113,10 @@ class FileSplit:
 class ImageFiles:
     """A dataset given as image files. ``val`` is None when the tree has no ``val`` folder.
 
-    Images are decoded as RGB; training crops are ``RandomResizedCrop(image_size)`` plus a
-    horizontal flip, evaluation uses ``Resize(resize)`` then ``CenterCrop(image_size)``.
+    Images are decoded as RGB and stored at ``resize`` by ``resize_shape``; training crops
+    follow ``train_crop`` (see the module docstring), evaluation is the centred
+    ``image_size`` window. ``cache``: keep the stored images in the decoded cache (``auto``:
+    when it fits the size limit and the disk).
     """
 
     train: FileSplit
@@ -94,8 +127,17 @@ class ImageFiles:
     val: Optional[FileSplit] = None
     image_size: int = 224
     resize: int = 256
-    train_crop: str = "random_resized_crop"   # or "resize_random_crop" (input protocol)
-    resize_shape: str = "short_side"          # or "square": how ``resize`` is applied
+    train_crop: str = "random_resized_crop"
+    resize_shape: str = "short_side"
+    cache: CacheMode = "auto"
+
+    def all_paths(self) -> List[str]:
+        """Every file of every split, in split order, once (what the decoded cache holds)."""
+        seen: Dict[str, None] = {}
+        for split in (self.train, self.val, self.test):
+            if split is not None:
+                seen.update(dict.fromkeys(split.paths))
+        return list(seen)
 
     @property
     def num_classes(self) -> int:
@@ -110,41 +152,16 @@ class ImageFiles:
 # Loader
 
 
-def _build_transform(train: bool, image_size: int, resize: int, augment: bool = True, hflip: bool = True):
-    """Training with ``augment``: RandomResizedCrop (+ a horizontal flip with ``hflip``);
-    otherwise (evaluation, or training without augmentation): Resize + CenterCrop."""
-    from torchvision.transforms import v2
-
-    if train and augment:
-        steps = [v2.RandomResizedCrop(image_size, antialias=True)]
-        if hflip:
-            steps.append(v2.RandomHorizontalFlip())
-    else:
-        steps = [v2.Resize(resize, antialias=True), v2.CenterCrop(image_size)]
-    return v2.Compose(steps + [v2.PILToTensor()])
-
-
-_MASK64 = (1 << 64) - 1
-# role of a partner image in derived_seed: far above any view number
-PARTNER_ROLE = 1 << 32
-# epoch_generator stream of the per-sample seeds when a sampler (e.g. ClassPairBatches) owns
-# stream 0
-SEED_STREAM = 1
-
-
-def derived_seed(sample_seed: int, role: int) -> int:
-    """The augmentation seed of one use of a sample: ``role`` 0 is the sample's seed itself
-    (``batch.x``), view v uses role v, a partner image ``PARTNER_ROLE``.
-
-    A fixed 64-bit mix (splitmix64's finaliser), so the seed depends only on (sample seed, role),
-    i.e. on (run seed, epoch, sample, role): not on batch, rank or worker.
-    """
-    if role == 0:
-        return int(sample_seed)
-    z = (int(sample_seed) + role * 0x9E3779B97F4A7C15) & _MASK64
-    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
-    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
-    return (z ^ (z >> 31)) >> 2  # < 2**62, like the drawn sample seeds
+def auto_workers(cached: bool, device: torch.device) -> int:
+    """Worker processes when ``data.workers`` is 0: none for a cached split on the CPU (a crop
+    is a slice of a memory-mapped array); otherwise one per core but one, the cores shared among
+    the processes of this node (torchrun's ``LOCAL_WORLD_SIZE``), at most 8 (at most 4 for a
+    cached split), so decoding overlaps the step."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if cached and device.type == "cpu":
+        return 0
+    per_process = cores // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1))
+    return max(0, min(4 if cached else 8, per_process - 1))
 
 
 class _ReadError:
@@ -161,82 +178,77 @@ class _ReadError:
         self.message = message
 
 
-class _Step(NamedTuple):
-    """What one step of one rank loads: (position, sample seed) of every anchor, and of every
-    anchor's partner (None without a class-pair sampler; the partner's seed is already the
-    derived one)."""
+class _StepSampler(torch.utils.data.Sampler):
+    """Sampler of whole steps: for each step of the epoch, the (key, positions, seeds, train
+    transform?) of every image batch it needs (``loader.step_uses``). The DataLoader hands each
+    to ``_FileDataset`` as a unit, so one worker loads one step.
 
-    anchors: Tuple[Tuple[int, int], ...]
-    partners: Optional[Tuple[Tuple[int, int], ...]] = None
+    Holds the plan and plain settings only (not the FileLoader): FileLoader → DataLoader →
+    sampler has no reference cycle, so the persistent workers end when the loader is freed.
+    """
+
+    def __init__(self, plan, views: int, clean: bool):
+        self.plan, self.views, self.clean = plan, views, clean
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return len(self.plan)
+
+    def __iter__(self):
+        for step in self.plan.steps(self.epoch):
+            yield [(key, pos.tolist(), seeds.tolist(), train)
+                   for key, pos, seeds, train in step_uses(step, self.views, self.clean)]
 
 
 class _FileDataset(torch.utils.data.Dataset):
-    """Loads a whole ``_Step``: each distinct file of the step is decoded once, then every
-    image asked of it (the anchor, its extra views, its clean copy, a partner use) is made by
-    applying the transform under that use's own seed.
+    """Loads a whole step: each distinct file is decoded once (or read from the decoded
+    cache), then every image asked of it (the anchor, its views, its clean copy, a partner
+    use) is cut out by the box its seed gives.
 
-    Returns a dict of uint8 image batches ``x``, ``view1`` …, ``clean_x``, ``partner_x`` plus
-    ``index`` (and ``partner_index``), or a ``_ReadError`` naming the first bad file.
+    Returns {key: (crops, flips)} with crops a uint8 B×3×C×C tensor when every box is C×C, else
+    a list of uint8 3×h×w tensors (resized on the device), or a ``_ReadError`` naming the first
+    bad file.
     """
 
-    def __init__(self, paths: List[str], transform, *, views: int = 1, clean_transform=None):
-        self.paths = paths
-        self.transform = transform
-        self.views = views
-        self.clean_transform = clean_transform
+    def __init__(self, paths: List[str], rule, train_tf, eval_tf, cache=None, rows=None):
+        self.paths, self.rule = paths, rule
+        self.train_tf, self.eval_tf = train_tf, eval_tf
+        self.cache, self.rows = cache, rows
 
     def __len__(self) -> int:
         return len(self.paths)
 
-    def _decode(self, i: int):
-        path = self.paths[i]
-        try:
-            from PIL import Image
+    def _stored(self, i: int):
+        if self.cache is not None:
+            return self.cache.image(self.rows[i])
+        from .cache import decode_image
 
-            with Image.open(path) as im:
-                return im.convert("RGB")  # forces the decode inside the try
+        try:
+            return decode_image(self.paths[i], self.rule)
         except Exception as exc:  # PIL raises OSError, UnidentifiedImageError, ValueError, ...
-            return _ReadError(f"cannot read image {path}: {error_text(exc)}")
+            return _ReadError(f"cannot read image {self.paths[i]}: {error_text(exc)}")
 
-    def _apply(self, im, i: int, transform, seed: int):
-        # The crop/flip come from this use's own seed, not from the process-global RNG, so they
-        # do not depend on worker count or rank; fork_rng leaves the caller's RNG intact.
-        try:
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(seed)
-                return transform(im)
-        except Exception as exc:  # e.g. a degenerate (0-pixel) image
-            return _ReadError(f"cannot transform image {self.paths[i]}: {error_text(exc)}")
-
-    def __getitem__(self, step: _Step):
-        anchors, partners = step
-        # per distinct file, in order of first use: (output key, slot, transform, seed)
-        jobs: Dict[int, List[tuple]] = {}
-        for slot, (i, seed) in enumerate(anchors):
-            todo = jobs.setdefault(i, [])
-            todo.append(("x", slot, self.transform, seed))
-            for v in range(1, self.views):
-                todo.append((f"view{v}", slot, self.transform, derived_seed(seed, v)))
-            if self.clean_transform is not None:
-                todo.append(("clean_x", slot, self.clean_transform, 0))
-        if partners is not None:
-            for slot, (i, seed) in enumerate(partners):
-                jobs.setdefault(i, []).append(("partner_x", slot, self.transform, seed))
-        images: Dict[str, list] = {}
-        for i, todo in jobs.items():
-            im = self._decode(i)
-            if isinstance(im, _ReadError):
-                return im
-            for key, slot, transform, seed in todo:
-                x = self._apply(im, i, transform, seed)
-                if isinstance(x, _ReadError):
-                    return x
-                size = len(partners) if key == "partner_x" else len(anchors)
-                images.setdefault(key, [None] * size)[slot] = x
-        out = {key: torch.stack(xs) for key, xs in images.items()}
-        out["index"] = torch.tensor([i for i, _ in anchors], dtype=torch.long)
-        if partners is not None:
-            out["partner_index"] = torch.tensor([i for i, _ in partners], dtype=torch.long)
+    def __getitem__(self, uses):
+        images: Dict[int, np.ndarray] = {}
+        for _, positions, _, _ in uses:  # decode in order of first use
+            for i in positions:
+                if i not in images:
+                    im = self._stored(i)
+                    if isinstance(im, _ReadError):
+                        return im
+                    images[i] = im
+        out = {}
+        for key, positions, seeds, train in uses:
+            tf = self.train_tf if train else self.eval_tf
+            hw = np.array([images[i].shape[:2] for i in positions], dtype=np.int64).reshape(-1, 2)
+            boxes = tf.boxes(seeds, hw[:, 0], hw[:, 1])
+            crops = []
+            for k, i in enumerate(positions):
+                t, l, h, w = (int(boxes[n][k]) for n in ("top", "left", "height", "width"))
+                crop = np.ascontiguousarray(images[i][t:t + h, l:l + w].transpose(2, 0, 1))
+                crops.append(torch.from_numpy(crop))
+            same = all(c.shape[-2:] == crops[0].shape[-2:] for c in crops)
+            out[key] = (torch.stack(crops) if same else crops, torch.from_numpy(boxes["flip"]))
         return out
 
 
@@ -245,125 +257,28 @@ def _as_loaded(item):
     return item
 
 
-class _BatchPlan(torch.utils.data.Sampler):
-    """Sampler of whole steps: the ``_Step``s of one rank for an epoch (the DataLoader hands
-    each one to ``_FileDataset`` as a unit, so one worker loads one step).
-
-    Holds its own copy of the settings (not the FileLoader) so that FileLoader → DataLoader →
-    plan has no reference cycle: a cycle would leave persistent workers to the cyclic garbage
-    collector, which finalises their queues first and then waits 5 s for each worker.
-    """
-
-    def __init__(self, n: int, batch_size: int, world: int, rank: int, train: bool, seed: int,
-                 sampler=None):
-        self.n = n
-        self.batch_size = batch_size
-        self.local_batch = max(1, batch_size // world)
-        self.world = world
-        self.rank = rank
-        self.train = train
-        self.seed = seed
-        self.sampler = sampler if train else None
-        self.epoch = 0
-
-    def _num_global_batches(self) -> int:
-        return max(1, self.n // self.batch_size)
-
-    def _eval_part(self) -> torch.Tensor:
-        return torch.tensor_split(torch.arange(self.n), self.world)[self.rank]
-
-    def __len__(self) -> int:
-        if self.sampler is not None:
-            # the sampler's batches, less a last one too short to give every rank a sample
-            full = len(self.sampler)
-            last = self.n - (full - 1) * self.sampler.batch_size
-            return full - (1 if 0 < last < self.world else 0)
-        if self.train:
-            return self._num_global_batches()
-        return math.ceil(len(self._eval_part()) / self.local_batch)
-
-    def _sampler_steps(self, epoch: int) -> List[_Step]:
-        # the sampler draws from stream 0 exactly as it does for TensorLoader, so the global
-        # batches (anchors and partners) are the in-memory loader's; the sample seeds come from
-        # their own stream, indexed by sample position
-        seeds = torch.randint(0, 2**62, (self.n,), dtype=torch.long,
-                              generator=epoch_generator(self.seed, epoch, SEED_STREAM)).tolist()
-        out = []
-        for glob in self.sampler.batches(epoch_generator(self.seed, epoch)):
-            if len(glob) < self.world:  # only a short last batch: skipped on every rank alike
-                continue
-            lo, hi = shard_bounds(len(glob), self.rank, self.world)
-            local = glob[lo:hi].tolist()
-            if glob.dim() == 2:
-                anchors = tuple((a, seeds[a]) for a, _ in local)
-                partners = tuple((p, derived_seed(seeds[a], PARTNER_ROLE)) for a, p in local)
-                out.append(_Step(anchors, partners))
-            else:
-                out.append(_Step(tuple((a, seeds[a]) for a in local)))
-        return out
-
-    def steps(self, epoch: int) -> List[_Step]:
-        if self.sampler is not None:
-            return self._sampler_steps(epoch)
-        if self.train:
-            g = epoch_generator(self.seed, epoch)
-            perm = torch.randperm(self.n, generator=g)
-            seeds = torch.randint(0, 2**62, (self.n,), generator=g, dtype=torch.long)
-            out = []
-            for k in range(self._num_global_batches()):
-                glob = perm[k * self.batch_size:(k + 1) * self.batch_size]
-                if len(glob) == self.batch_size:
-                    part = glob[self.rank * self.local_batch:(self.rank + 1) * self.local_batch]
-                else:  # the split is smaller than one global batch
-                    part = torch.tensor_split(glob, self.world)[self.rank]
-                # seeds are indexed by sample position, so a sample's crop in an epoch does not
-                # depend on which batch or rank it lands in
-                out.append(_Step(tuple((int(i), int(seeds[i])) for i in part)))
-            return out
-        part = self._eval_part()
-        return [
-            _Step(tuple((int(i), 0) for i in part[s:s + self.local_batch]))
-            for s in range(0, len(part), self.local_batch)
-        ]
-
-    def __iter__(self):
-        return iter(self.steps(self.epoch))
-
-
-class FileLoader:
+class FileLoader(PlannedLoader):
     """Iterate a ``FileSplit`` as normalised ``Batch``es on ``device``.
 
-    ``batch_size`` is the global batch; this rank gets ``batch_size // world`` samples per step
-    (training needs ``batch_size`` divisible by ``world``; evaluation takes at least 1).
-    Training: each epoch a permutation from ``epoch_generator(seed, epoch)``; global batch k is
-    ``perm[k·B:(k+1)·B]`` and rank r takes its contiguous part ``[r·B/W, (r+1)·B/W)``; an
-    incomplete last global batch is dropped (unless the split is smaller than one batch, then
-    that one batch is split as evenly as possible). Evaluation: the ordered split is cut into
-    ``world`` contiguous, near-equal parts and rank r walks its part in batches of B/W, the last
-    one possibly smaller.
+    ``batch_size`` is the global batch; the steps follow ``loader.BatchPlan`` (the same rules
+    as the in-memory loader: the short last training batch is kept unless it has fewer samples
+    than ranks; evaluation walks contiguous shards in batches of ``batch_size // world``).
 
-    What a method's ``requires`` asks for (training only; ignored for evaluation, as by
-    ``TensorLoader``), with the same ``batch.extra`` keys as the in-memory loader:
+    The input protocol (see the module docstring): ``resize``/``resize_shape`` (the stored
+    image), ``train_crop`` (``random_resized_crop`` or ``resize_random_crop``) to
+    ``image_size``, ``hflip``; ``augment=False`` trains on the evaluation crop.
 
-    sampler: a global-batch sampler such as ``ClassPairBatches`` (attributes ``n``,
-             ``batch_size``; ``batches(generator)`` yields 1-D index batches or B×2 (anchor,
-             partner) batches). It then decides the global batches, drawing from
-             ``epoch_generator(seed, epoch)`` exactly as for ``TensorLoader``, so a file and an
-             in-memory dataset with the same labels get the same anchors and partners; the last
-             batch may be short (every sample is an anchor once per epoch) and each rank takes
-             its ``shard_bounds`` slice. A last batch with fewer samples than ranks is skipped.
-             B×2 batches give ``extra["partner_x"]`` (the partner decoded and augmented with its
-             own seed), ``["partner_y"]`` and ``["partner_index"]``.
-    views:   views 2..N of each anchor, each augmented with its own seed: ``extra["view1"]`` …
-    augment: training images get RandomResizedCrop (+ a horizontal flip with ``hflip``); false:
-             the evaluation transform (``data.augment`` / ``data.hflip``).
-    clean:   the anchor through the evaluation transform (Resize + CenterCrop):
-             ``extra["clean_x"]``.
+    ``cache``: a ``cache.DecodedCache`` holding every path of ``split`` under the same rule
+    (the stored images are then read from it), or None (decoded per step).
+    ``workers``: DataLoader worker processes, kept for the loader's life (``None``: the
+    automatic count of ``auto_workers``). Batches on CUDA come through pinned memory with
+    non-blocking copies, so the next step's loading overlaps the current one's compute.
 
-    Every file of a step is decoded once and all images asked of it are made from that decode.
-    Seeds: anchor i of an epoch has sample seed s_i (drawn per position from the epoch's
-    generator); view v uses ``derived_seed(s_i, v)``, its partner ``derived_seed(s_i,
-    PARTNER_ROLE)``. Adding views or a clean copy does not change ``batch.x``.
+    What a method's ``requires`` asks for (training only; ignored for evaluation), with the
+    same ``batch.extra`` keys as the in-memory loader: ``sampler`` (e.g. ``ClassPairBatches``:
+    ``partner_x`` with the partner's own seed, ``partner_y``, ``partner_index``), ``views``
+    (``view1`` …, each with its own seed), ``clean`` (``clean_x``, the evaluation crop). Each
+    file of a step is decoded once; adding views or a clean copy does not change ``batch.x``.
     """
 
     def __init__(
@@ -380,120 +295,114 @@ class FileLoader:
         seed: int = 0,
         rank: int = 0,
         world: int = 1,
-        workers: int = 0,
+        workers: Optional[int] = 0,
         channels_last: bool = False,
         sampler=None,
         views: int = 1,
         clean: bool = False,
         augment: bool = True,
         hflip: bool = True,
+        train_crop: str = "random_resized_crop",
+        resize_shape: str = "short_side",
+        cache=None,
     ):
-        if batch_size < 1 or world < 1 or not 0 <= rank < world:
-            raise ConfigError(
-                f"FileLoader: need batch_size >= 1 and 0 <= rank < world, got batch_size="
-                f"{batch_size}, rank={rank}, world={world}"
-            )
-        if train and batch_size % world:
-            raise ConfigError(
-                f"batch size {batch_size} is not divisible by the {world} processes"
-            )
+        from .cache import ResizeRule
+
         if len(split) == 0:
             raise DataError("FileLoader: the split has no images")
         if len(mean) != 3 or len(std) != 3:
             raise ConfigError(f"FileLoader: mean/std need 3 values, got {mean!r} / {std!r}")
-        if isinstance(views, bool) or not isinstance(views, int) or views < 1:
-            raise ConfigError(f"FileLoader: views must be an integer >= 1, got {views!r}")
-        if not train:
-            sampler, views, clean = None, 1, False
-        if sampler is not None and (sampler.n != len(split) or sampler.batch_size != batch_size):
-            raise ConfigError(
-                f"FileLoader: the sampler covers {sampler.n} samples in batches of "
-                f"{sampler.batch_size}, but the split has {len(split)} and the batch is {batch_size}"
-            )
+        check_file_options(image_size, resize, mean, std, train_crop, resize_shape)
+        super().__init__(len(split), split.labels, batch_size, train=train, mean=mean, std=std,
+                         device=device, seed=seed, rank=rank, world=world, sampler=sampler,
+                         channels_last=channels_last, views=views, clean=clean)
         self.split = split
-        self.batch_size = batch_size
-        self.local_batch = max(1, batch_size // world)
-        self.train = train
-        self.seed = seed
-        self.rank = rank
-        self.world = world
-        self.sampler = sampler
-        self.views = views
-        self.clean = bool(clean)
-        self.channels_last = channels_last
-        self.device = torch.device(device)
-        self._mean = torch.tensor(mean, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
-        self._std = torch.tensor(std, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
-        self._labels = split.labels.to(torch.long)
-        self._plan = _BatchPlan(len(split), batch_size, world, rank, train, seed, sampler)
-        dataset = _FileDataset(
-            split.paths, _build_transform(train, image_size, resize, augment, hflip), views=views,
-            clean_transform=_build_transform(False, image_size, resize) if self.clean else None,
-        )
+        self.image_size = image_size
+        self.rule = ResizeRule(resize, resize_shape)
+        if cache is not None and cache.rule != self.rule:
+            raise ConfigError(f"FileLoader: the cache holds images under {cache.rule}, "
+                              f"not {self.rule}")
+        rows = None
+        if cache is not None:
+            missing = [p for p in split.paths if p not in cache.row_of]
+            if missing:
+                raise DataError(f"FileLoader: {missing[0]} is not in the decoded cache "
+                                f"({len(missing)} such file(s))")
+            rows = [cache.row_of[p] for p in split.paths]
+        self.cached = cache is not None
+        eval_tf = CenterCrop(image_size)
+        if not (train and augment):
+            train_tf = eval_tf
+        elif train_crop == "resize_random_crop":
+            train_tf = RandomCrop(image_size, hflip)
+        else:
+            train_tf = ResizedCrop(image_size, hflip)
+        self.workers = auto_workers(self.cached, self.device) if workers is None else int(workers)
+        self._sampler = _StepSampler(self._plan, self.views, self.clean)
         self._loader = torch.utils.data.DataLoader(
-            dataset,
-            sampler=self._plan,
-            batch_size=None,  # the plan yields whole steps; the dataset builds the batch
-            num_workers=workers,
+            _FileDataset(split.paths, self.rule, train_tf, eval_tf, cache, rows),
+            sampler=self._sampler,
+            batch_size=None,  # the sampler yields whole steps; the dataset builds them
+            num_workers=self.workers,
             collate_fn=_as_loaded,
             pin_memory=self.device.type == "cuda",
-            # Workers are started per epoch (cheap with fork) rather than kept: a persistent
-            # DataLoader iterator that ends up in garbage, e.g. via the traceback of a
-            # DataError, is shut down by the cyclic collector, which costs 5 s per worker.
-            persistent_workers=False,
+            persistent_workers=self.workers > 0,
+            prefetch_factor=4 if self.workers > 0 else None,
         )
 
-    @property
-    def epoch(self) -> int:
-        return self._plan.epoch
-
     def set_epoch(self, epoch: int) -> None:
-        self._plan.epoch = int(epoch)
+        super().set_epoch(epoch)
+        self._sampler.epoch = self.epoch
 
-    def __len__(self) -> int:
-        return len(self._plan)
+    def close(self) -> None:
+        """Stop the persistent worker processes now (they also stop when the loader is freed;
+        a loader kept alive by a reference cycle would otherwise hold them until the cyclic
+        garbage collector runs). Iterating again starts new ones."""
+        it = getattr(self._loader, "_iterator", None)
+        if it is not None and hasattr(it, "_shutdown_workers"):
+            it._shutdown_workers()
+        self._loader._iterator = None
 
-    def plan(self, epoch: int) -> List[List[Tuple[int, int]]]:
-        """This rank's batches for ``epoch``: lists of (position in split, sample seed) of the
-        anchors (``batch.x``)."""
-        return [list(step.anchors) for step in self._plan.steps(epoch)]
+    def _to_device(self, crops, flips) -> torch.Tensor:
+        nb = self.device.type == "cuda"
+        if isinstance(crops, torch.Tensor):
+            crops = crops.to(self.device, non_blocking=nb)
+        else:
+            crops = [c.to(self.device, non_blocking=nb) for c in crops]
+        return flip_where(resize_crops(crops, self.image_size), flips)
 
-    def partner_plan(self, epoch: int) -> List[List[Tuple[int, int]]]:
-        """The partners of ``plan(epoch)``, slot by slot: (position in split, augmentation seed);
-        empty lists without a class-pair sampler."""
-        return [list(step.partners or ()) for step in self._plan.steps(epoch)]
+    def _load(self, item) -> Dict[str, torch.Tensor]:
+        if isinstance(item, _ReadError):
+            raise DataError(item.message)
+        return {key: self._to_device(crops, flips) for key, (crops, flips) in item.items()}
 
-    def _finish(self, images: torch.Tensor, non_blocking: bool) -> torch.Tensor:
-        x = images.to(self.device, non_blocking=non_blocking).float().div_(255.0)
-        x = (x - self._mean) / self._std
-        if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        return x
+    def _images(self, steps: List[Step]) -> Iterator[Dict[str, torch.Tensor]]:
+        self._sampler.epoch = self.epoch
+        items = iter(self._loader)
+        if self.device.type != "cuda":
+            for item in items:
+                yield self._load(item)
+            return
+        # CUDA: the next step's copies and resizes are issued on a side stream before this
+        # step is handed out, so they overlap this step's compute
+        side = torch.cuda.Stream(self.device)
 
-    def __iter__(self) -> Iterator[Batch]:
-        non_blocking = self.device.type == "cuda"
-        batches = iter(self._loader)
-        try:
-            for item in batches:
-                if isinstance(item, _ReadError):
-                    raise DataError(item.message)
-                index = item["index"]
-                batch = Batch(x=self._finish(item["x"], non_blocking),
-                              y=self._labels[index].to(self.device, non_blocking=non_blocking),
-                              index=index.to(self.device, non_blocking=non_blocking))
-                # the same keys, in the same order, as TensorLoader
-                for v in range(1, self.views):
-                    batch.extra[f"view{v}"] = self._finish(item[f"view{v}"], non_blocking)
-                if self.clean:
-                    batch.extra["clean_x"] = self._finish(item["clean_x"], non_blocking)
-                if "partner_index" in item:
-                    partners = item["partner_index"]
-                    batch.extra["partner_x"] = self._finish(item["partner_x"], non_blocking)
-                    batch.extra["partner_y"] = self._labels[partners].to(
-                        self.device, non_blocking=non_blocking)
-                    batch.extra["partner_index"] = partners.to(self.device, non_blocking=non_blocking)
-                yield batch
-        finally:
-            # stop the workers now (also on an error or an early break), not whenever the
-            # garbage collector gets to a traceback that still references this frame
-            del batches
+        def ahead():
+            item = next(items, None)
+            if item is None:
+                return None
+            if isinstance(item, _ReadError):
+                return item  # raised when its step is due, after the steps before it
+            with torch.cuda.stream(side):
+                return self._load(item)
+
+        nxt = ahead()
+        while nxt is not None:
+            if isinstance(nxt, _ReadError):
+                raise DataError(nxt.message)
+            main = torch.cuda.current_stream(self.device)
+            main.wait_stream(side)
+            for t in nxt.values():
+                t.record_stream(main)  # keep the side stream's memory until main is done with it
+            cur, nxt = nxt, ahead()
+            yield cur

@@ -47,7 +47,8 @@ breeds. Every reader checks its files parse, ids and labels are in range, splits
 overlap, every class has training images and every listed image exists; with
 ``expect_official`` (default) also the official class and image counts.
 
-``train_crop`` / ``resize_shape``: the input protocol, passed on to ``ImageFiles``.
+``train_crop`` / ``resize_shape``: the input protocol, ``cache``: the decoded-image cache, passed on
+to ``ImageFiles``.
 """
 from __future__ import annotations
 
@@ -69,11 +70,10 @@ from .fgvc import (
     need_root,
     read_lines,
 )
-from .files import IMAGENET_MEAN, IMAGENET_STD, ImageFiles, check_file_options
+from .files import (IMAGENET_MEAN, IMAGENET_STD, CacheMode, ImageFiles, ResizeShape, TrainCrop,
+                    check_file_options)
 from .imagenet import _class_images, _scan
 
-TrainCrop = Literal["random_resized_crop", "resize_random_crop"]
-ResizeShape = Literal["short_side", "square"]
 Triple = Tuple[float, float, float]
 
 
@@ -126,10 +126,11 @@ def flowers102(
     std: Triple = IMAGENET_STD,
     train_crop: TrainCrop = "random_resized_crop",
     resize_shape: ResizeShape = "short_side",
+    cache: CacheMode = "auto",
 ) -> ImageFiles:
     """split: trainval (train on trnid + valid, OLS) or train (trnid; valid is the validation split)."""
     what = "flowers102"
-    check_file_options(image_size, resize, mean, std)
+    check_file_options(image_size, resize, mean, std, train_crop, resize_shape, cache)
     base = need_root(root, what, FLOWERS_LAYOUT)
     folder = base / "flowers-102" if (base / "flowers-102").is_dir() else base
     if not (folder / "jpg").is_dir():
@@ -169,7 +170,7 @@ def flowers102(
     check_official(what, expect_official, found, official, folder)
     check_listed_exist(what, train[0] + (val[0] if val else []) + test[0], str(setid_path))
     return file_dataset(*train, *test, classes, image_size, resize, mean, std, val=val,
-                        train_crop=train_crop, resize_shape=resize_shape)
+                        train_crop=train_crop, resize_shape=resize_shape, cache=cache)
 
 
 # --------------------------------------------------------------------------------------------
@@ -218,11 +219,12 @@ def stanford_cars(
     std: Triple = IMAGENET_STD,
     train_crop: TrainCrop = "random_resized_crop",
     resize_shape: ResizeShape = "short_side",
+    cache: CacheMode = "auto",
 ) -> ImageFiles:
     """Stanford Cars with its official split; the test labels come from
     cars_test_annos_withlabels.mat."""
     what = "stanford_cars"
-    check_file_options(image_size, resize, mean, std)
+    check_file_options(image_size, resize, mean, std, train_crop, resize_shape, cache)
     base = need_root(root, what, CARS_LAYOUT)
     missing = [d for d in ("cars_train", "cars_test", "devkit") if not (base / d).is_dir()]
     if missing:
@@ -260,7 +262,7 @@ def stanford_cars(
     check_listed_exist(what, train_paths, str(train_ann))
     check_listed_exist(what, test_paths, str(test_ann))
     return file_dataset(train_paths, train_labels, test_paths, [c - 1 for _, c in test], classes,
-                        image_size, resize, mean, std, train_crop=train_crop, resize_shape=resize_shape)
+                        image_size, resize, mean, std, train_crop=train_crop, resize_shape=resize_shape, cache=cache)
 
 
 # --------------------------------------------------------------------------------------------
@@ -303,11 +305,12 @@ def fgvc_aircraft(
     std: Triple = IMAGENET_STD,
     train_crop: TrainCrop = "random_resized_crop",
     resize_shape: ResizeShape = "short_side",
+    cache: CacheMode = "auto",
 ) -> ImageFiles:
     """split: trainval (6,667 training images) or train (3,334; val is the validation split);
     level: variant (100 classes) or variant_first_word (OLS's 90)."""
     what = "fgvc_aircraft"
-    check_file_options(image_size, resize, mean, std)
+    check_file_options(image_size, resize, mean, std, train_crop, resize_shape, cache)
     base = need_root(root, what, AIRCRAFT_LAYOUT)
     folder = next((d for d in (base / "fgvc-aircraft-2013b" / "data", base / "data", base)
                    if (d / "images").is_dir()), None)
@@ -353,7 +356,7 @@ def fgvc_aircraft(
         check_listed_exist(what, split_data[p][0], str(lists[p]))
     val = split_data.get("val")
     return file_dataset(*split_data[train_key], *split_data["test"], classes, image_size, resize, mean,
-                        std, val=val, train_crop=train_crop, resize_shape=resize_shape)
+                        std, val=val, train_crop=train_crop, resize_shape=resize_shape, cache=cache)
 
 
 # --------------------------------------------------------------------------------------------
@@ -385,10 +388,11 @@ def imagewoof(
     std: Triple = IMAGENET_STD,
     train_crop: TrainCrop = "random_resized_crop",
     resize_shape: ResizeShape = "short_side",
+    cache: CacheMode = "auto",
 ) -> ImageFiles:
     """Imagewoof (imagewoof2, any of its three sizes): val/ is the test split."""
     what = "imagewoof"
-    check_file_options(image_size, resize, mean, std)
+    check_file_options(image_size, resize, mean, std, train_crop, resize_shape, cache)
     base = need_root(root, what, IMAGEWOOF_LAYOUT)
     folder = next((d for d in (base, base / "imagewoof2", base / "imagewoof2-320", base / "imagewoof2-160")
                    if (d / "train").is_dir() and (d / "val").is_dir()), None)
@@ -424,4 +428,4 @@ def imagewoof(
         {"classes": 10, "train": 9025, "val (test)": 3929}, folder,
     )
     return file_dataset(*split_data["train"], *split_data["val"], classes, image_size, resize, mean, std,
-                        train_crop=train_crop, resize_shape=resize_shape)
+                        train_crop=train_crop, resize_shape=resize_shape, cache=cache)

@@ -19,7 +19,7 @@ import torch
 
 from ..errors import ConfigError, DataError
 from ..registry import DATASETS
-from .files import IMAGENET_MEAN, IMAGENET_STD, FileSplit, ImageFiles, check_file_options
+from .files import IMAGENET_MEAN, IMAGENET_STD, FileSplit, ImageFiles, CacheMode, ResizeShape, TrainCrop, check_file_options
 
 IMAGE_EXTENSIONS = (
     ".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".pbm",
@@ -115,10 +115,13 @@ def imagefolder(
     mean: Tuple[float, float, float] = IMAGENET_MEAN,
     std: Tuple[float, float, float] = IMAGENET_STD,
     allow_empty_classes: bool = False,
+    train_crop: TrainCrop = "random_resized_crop",
+    resize_shape: ResizeShape = "short_side",
+    cache: CacheMode = "auto",
 ) -> ImageFiles:
     """Read a class-folder tree. ``mean``/``std`` default to ImageNet's (RGB, 0..1 scale);
     ``allow_empty_classes`` accepts class folders without images."""
-    check_file_options(image_size, resize, mean, std)
+    check_file_options(image_size, resize, mean, std, train_crop, resize_shape, cache)
     if root is None:
         raise DataError(f"imagefolder: no data root given; expected {LAYOUT}")
     base = Path(root).expanduser()
@@ -150,4 +153,7 @@ def imagefolder(
         val=splits.get("val"),
         image_size=image_size,
         resize=resize,
+        train_crop=train_crop,
+        resize_shape=resize_shape,
+        cache=cache,
     )

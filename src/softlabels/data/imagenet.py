@@ -44,7 +44,7 @@ from .fgvc import (
     parse_int,
     read_lines,
 )
-from .files import IMAGENET_MEAN, IMAGENET_STD, ImageFiles, check_file_options, error_text
+from .files import IMAGENET_MEAN, IMAGENET_STD, ImageFiles, CacheMode, ResizeShape, TrainCrop, check_file_options, error_text
 from .imagefolder import IMAGE_EXTENSIONS
 
 LAYOUT = (
@@ -174,10 +174,13 @@ def imagenet(
     expect_official: bool = True,
     mean: Tuple[float, float, float] = IMAGENET_MEAN,
     std: Tuple[float, float, float] = IMAGENET_STD,
+    train_crop: TrainCrop = "random_resized_crop",
+    resize_shape: ResizeShape = "short_side",
+    cache: CacheMode = "auto",
 ) -> ImageFiles:
     """ILSVRC-2012: train/<wnid>/ for training, the validation images as the test split."""
     what = "imagenet"
-    check_file_options(image_size, resize, mean, std)
+    check_file_options(image_size, resize, mean, std, train_crop, resize_shape, cache)
     base = need_root(root, what, LAYOUT)
     images = images_root(base)
     missing = [s for s in ("train", "val") if not (images / s).is_dir()]
@@ -278,4 +281,4 @@ def imagenet(
             words = _read_synset_mapping(mapping, what)
     classes = first_synonyms(wnids, words)
     return file_dataset(train_paths, train_labels, test_paths, test_labels, classes,
-                        image_size, resize, mean, std)
+                        image_size, resize, mean, std, train_crop, resize_shape, cache)

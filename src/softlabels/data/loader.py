@@ -1,17 +1,42 @@
-"""Loaders for in-memory datasets: the whole split lives on the run's device.
+"""The loader plan shared by in-memory and file datasets, and the in-memory loader.
 
 ``batch_size`` is the GLOBAL batch: under DDP with N ranks each rank takes a contiguous
 1/N slice of every global batch (sizes differ by at most one on a short last batch), so
 N processes see exactly the samples and augmentations one process would.
+
+One plan (``BatchPlan``) decides, for both kinds of dataset, which samples a step of a rank
+loads and with which seeds; one base class (``PlannedLoader``) turns the step's uint8 images
+into the ``Batch`` (normalisation, memory format, the ``extra`` keys methods ask for). The two
+loaders differ only in where the pixels come from: ``TensorLoader`` gathers them from a split
+held on the device, ``files.FileLoader`` from files (decoded, or read from the decoded cache).
+
+The rules, the same for both:
+
+- Training: every epoch the sampler (``RandomBatches``: a permutation from
+  ``epoch_generator(seed, epoch)`` cut into global batches; or e.g. ``ClassPairBatches``) gives
+  the global batches; the short last batch is KEPT (every sample is seen once per epoch),
+  unless it has fewer samples than there are ranks, then every rank skips it.
+- Each training sample has a seed per epoch (``epoch_generator(seed, epoch, SEED_STREAM)``,
+  indexed by position in the split); its augmentation is a pure function of that seed (see
+  ``augment``); view v uses ``derived_seed(seed, v)``, a class partner ``derived_seed(anchor
+  seed, PARTNER_ROLE)``. So images depend on (seed, epoch, sample, role), never on batch size
+  per rank, rank or worker count.
+- Evaluation: the ordered split cut into ``world`` contiguous near-equal parts; rank r walks
+  its part in batches of ``batch_size // world`` (at least 1), the last one possibly smaller.
 """
 from __future__ import annotations
 
-from typing import Iterator, Optional, Sequence
+from typing import Dict, Iterator, List, NamedTuple, Optional, Sequence, Union
 
 import torch
 
-from .augment import CropFlip, normalize
+from .augment import BoxTransform, CropFlip, apply_boxes, derived_seeds, normalize
 from .base import Batch, TensorSplit
+
+# role of a partner image in derived_seed: far above any view number
+PARTNER_ROLE = 1 << 32
+# epoch_generator stream of the per-sample seeds (stream 0 belongs to the sampler)
+SEED_STREAM = 1
 
 
 def epoch_generator(seed: int, epoch: int, stream: int = 0) -> torch.Generator:
@@ -23,14 +48,14 @@ def epoch_generator(seed: int, epoch: int, stream: int = 0) -> torch.Generator:
 
 
 class RandomBatches:
-    """Default sampler: a fresh permutation each epoch, cut into global batches of indices."""
+    """Default sampler: a fresh permutation each epoch, cut into global batches of indices
+    (the last one short when ``batch_size`` does not divide ``n``)."""
 
-    def __init__(self, n: int, batch_size: int, drop_last: bool = False):
-        self.n, self.batch_size, self.drop_last = n, batch_size, drop_last
+    def __init__(self, n: int, batch_size: int):
+        self.n, self.batch_size = n, batch_size
 
     def __len__(self) -> int:
-        full, rest = divmod(self.n, self.batch_size)
-        return full + (1 if rest and not self.drop_last else 0)
+        return -(-self.n // self.batch_size)
 
     def batches(self, generator: torch.Generator) -> Iterator[torch.Tensor]:
         perm = torch.randperm(self.n, generator=generator)
@@ -81,18 +106,6 @@ class ClassPairBatches:
             yield torch.stack([anchors, self.partners(anchors, generator)], dim=1)
 
 
-class SequentialBatches:
-    def __init__(self, n: int, batch_size: int):
-        self.n, self.batch_size = n, batch_size
-
-    def __len__(self) -> int:
-        return -(-self.n // self.batch_size)
-
-    def batches(self, generator=None) -> Iterator[torch.Tensor]:
-        for i in range(len(self)):
-            yield torch.arange(i * self.batch_size, min(self.n, (i + 1) * self.batch_size))
-
-
 def shard_bounds(n: int, rank: int, world: int) -> tuple:
     """Contiguous split of n items over world ranks, sizes differing by at most one."""
     base, extra = divmod(n, world)
@@ -100,86 +113,214 @@ def shard_bounds(n: int, rank: int, world: int) -> tuple:
     return start, start + base + (1 if rank < extra else 0)
 
 
-class TensorLoader:
-    """Iterates ``Batch``es over a TensorSplit held on ``device``.
+class Step(NamedTuple):
+    """What one step of one rank loads: the anchors' positions in the split and their seeds;
+    with a class-pair sampler also the partners' positions and (derived) seeds."""
 
-    train=True: random batches (or ``sampler``), augmentation, labels as given (noisy if label
-    noise is on). train=False: ordered batches, no augmentation, each rank a contiguous shard of
-    the whole split (for evaluation; the engine gathers the shards).
+    anchors: torch.Tensor                     # int64, this rank's part of the global batch
+    seeds: torch.Tensor                       # int64, one per anchor (0 in evaluation)
+    partners: Optional[torch.Tensor] = None
+    partner_seeds: Optional[torch.Tensor] = None
+
+
+class BatchPlan:
+    """The steps of one rank for an epoch (see the module docstring for the rules).
+
+    Holds plain settings only (no loader), so a DataLoader sampler wrapping it creates no
+    reference cycle.
     """
 
-    def __init__(self, split: TensorSplit, batch_size: int, *, train: bool, mean: Sequence[float],
-                 std: Sequence[float], device: torch.device, seed: int = 0,
-                 augment: Optional[CropFlip] = None, rank: int = 0, world: int = 1,
-                 sampler=None, channels_last: bool = False, drop_last: bool = False,
-                 views: int = 1, clean: bool = False):
-        self.train = train
-        self.mean, self.std = tuple(mean), tuple(std)
-        self.device = torch.device(device)
-        self.seed, self.rank, self.world = seed, rank, world
-        self.augment = augment if train else None
-        self.channels_last = channels_last
-        self.views, self.clean = views, clean
-        self.epoch = 0
-        self._mean_t = torch.tensor(self.mean, device=self.device)
-        self._std_t = torch.tensor(self.std, device=self.device)
-        n = len(split)
-        if train:
-            if batch_size < world:
-                raise ValueError(f"global batch size {batch_size} is smaller than world size {world}")
-            self.sampler = sampler or RandomBatches(n, batch_size, drop_last)
-            self.images = split.images.to(self.device)
-            self.labels = split.labels.to(self.device)
-            self.offset = 0
-        else:
-            # evaluation: this rank's contiguous shard only
-            lo, hi = shard_bounds(n, rank, world)
-            self.images = split.images[lo:hi].to(self.device)
-            self.labels = split.labels[lo:hi].to(self.device)
-            self.offset = lo
-            self.sampler = SequentialBatches(hi - lo, batch_size)
+    def __init__(self, n: int, batch_size: int, *, world: int = 1, rank: int = 0,
+                 train: bool = True, seed: int = 0, sampler=None):
+        self.n, self.batch_size = n, batch_size
+        self.world, self.rank, self.train, self.seed = world, rank, train, seed
+        self.local_batch = max(1, batch_size // world)
+        self.sampler = (sampler or RandomBatches(n, batch_size)) if train else None
+
+    def _last_skipped(self) -> bool:
+        last = self.n - (len(self.sampler) - 1) * self.sampler.batch_size
+        return 0 < last < self.world
 
     def __len__(self) -> int:
-        return len(self.sampler)
+        if self.train:
+            return len(self.sampler) - (1 if self._last_skipped() else 0)
+        lo, hi = shard_bounds(self.n, self.rank, self.world)
+        return -(-(hi - lo) // self.local_batch)
+
+    def steps(self, epoch: int) -> List[Step]:
+        if not self.train:
+            lo, hi = shard_bounds(self.n, self.rank, self.world)
+            part = torch.arange(lo, hi)
+            return [Step(s, torch.zeros(len(s), dtype=torch.long))
+                    for s in torch.split(part, self.local_batch)]
+        seeds = torch.randint(0, 2**62, (self.n,), dtype=torch.long,
+                              generator=epoch_generator(self.seed, epoch, SEED_STREAM))
+        out = []
+        for glob in self.sampler.batches(epoch_generator(self.seed, epoch)):
+            if len(glob) < self.world:  # a short last batch: skipped on every rank alike
+                continue
+            lo, hi = shard_bounds(len(glob), self.rank, self.world)
+            local = glob[lo:hi]
+            if local.dim() == 2:
+                anchors, partners = local[:, 0], local[:, 1]
+                out.append(Step(anchors, seeds[anchors], partners,
+                                derived_seeds(seeds[anchors], PARTNER_ROLE)))
+            else:
+                out.append(Step(local, seeds[local]))
+        return out
+
+
+def step_uses(step: Step, views: int, clean: bool) -> List[tuple]:
+    """(key, positions, seeds, through the training transform?) of every image batch a step
+    needs: ``x``, ``view1`` … (derived seeds), ``clean_x`` (evaluation transform),
+    ``partner_x``."""
+    out = [("x", step.anchors, step.seeds, True)]
+    for v in range(1, views):
+        out.append((f"view{v}", step.anchors, derived_seeds(step.seeds, v), True))
+    if clean:
+        out.append(("clean_x", step.anchors, step.seeds, False))
+    if step.partners is not None:
+        out.append(("partner_x", step.partners, step.partner_seeds, True))
+    return out
+
+
+class PlannedLoader:
+    """What both loaders share: the plan, the epoch, and the one batch assembly.
+
+    Subclasses implement ``_images(steps)``: for each step, a dict of uint8 B×C×H×W image
+    batches on the device under the keys ``x``, ``view1`` …, ``clean_x``, ``partner_x`` (those
+    asked for). ``Batch.extra`` then has, in this order: ``view1`` …, ``clean_x``,
+    ``partner_x``, ``partner_y``, ``partner_index``.
+    """
+
+    def __init__(self, n: int, labels: torch.Tensor, batch_size: int, *, train: bool,
+                 mean: Sequence[float], std: Sequence[float], device, seed: int = 0,
+                 rank: int = 0, world: int = 1, sampler=None, channels_last: bool = False,
+                 views: int = 1, clean: bool = False):
+        from ..errors import ConfigError
+
+        if batch_size < 1 or world < 1 or not 0 <= rank < world:
+            raise ConfigError(f"loader: need batch_size >= 1 and 0 <= rank < world, got batch_size="
+                              f"{batch_size}, rank={rank}, world={world}")
+        if train and batch_size % world:
+            raise ConfigError(f"batch size {batch_size} is not divisible by the {world} processes")
+        if isinstance(views, bool) or not isinstance(views, int) or views < 1:
+            raise ConfigError(f"loader: views must be an integer >= 1, got {views!r}")
+        if not train:
+            sampler, views, clean = None, 1, False
+        if sampler is not None and (sampler.n != n or sampler.batch_size != batch_size):
+            raise ConfigError(
+                f"loader: the sampler covers {sampler.n} samples in batches of "
+                f"{sampler.batch_size}, but the split has {n} and the batch is {batch_size}")
+        self.train, self.seed, self.rank, self.world = train, seed, rank, world
+        self.batch_size = batch_size
+        self.sampler, self.views, self.clean = sampler, views, bool(clean)
+        self.channels_last = channels_last
+        self.device = torch.device(device)
+        self.mean, self.std = tuple(mean), tuple(std)
+        self._mean_t = torch.tensor(self.mean, dtype=torch.float32, device=self.device)
+        self._std_t = torch.tensor(self.std, dtype=torch.float32, device=self.device)
+        self._labels = labels.to(torch.long).to(self.device)
+        self._plan = BatchPlan(n, batch_size, world=world, rank=rank, train=train, seed=seed,
+                               sampler=sampler)
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return len(self._plan)
 
     def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+        self.epoch = int(epoch)
+
+    def steps(self, epoch: int) -> List[Step]:
+        return self._plan.steps(epoch)
+
+    def plan(self, epoch: int) -> List[List[tuple]]:
+        """This rank's batches for ``epoch``: lists of (position in split, sample seed) of the
+        anchors (``batch.x``)."""
+        return [list(zip(s.anchors.tolist(), s.seeds.tolist())) for s in self.steps(epoch)]
+
+    def partner_plan(self, epoch: int) -> List[List[tuple]]:
+        """The partners of ``plan(epoch)``, slot by slot: (position in split, augmentation
+        seed); empty lists without a class-pair sampler."""
+        return [list(zip(s.partners.tolist(), s.partner_seeds.tolist())) if s.partners is not None
+                else [] for s in self.steps(epoch)]
+
+    def uses(self, step: Step):
+        return step_uses(step, self.views, self.clean)
 
     def _finish(self, x: torch.Tensor) -> torch.Tensor:
         x = normalize(x, self._mean_t, self._std_t)
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
-    def _augmented(self, raw: torch.Tensor, n_global: int, lo: int, hi: int, gen) -> torch.Tensor:
-        """Draw parameters for the whole global batch (so every rank draws the same numbers),
-        apply this rank's slice."""
-        if self.augment is None:
-            return self._finish(raw)
-        params = self.augment.sample(n_global, gen)
-        return self._finish(self.augment.apply(raw, {k: v[lo:hi] for k, v in params.items()}))
+    def _batch(self, step: Step, images: Dict[str, torch.Tensor]) -> Batch:
+        index = step.anchors.to(self.device, non_blocking=True)
+        batch = Batch(x=self._finish(images["x"]), y=self._labels[index], index=index)
+        for key in [f"view{v}" for v in range(1, self.views)] + (["clean_x"] if self.clean else []):
+            batch.extra[key] = self._finish(images[key])
+        if step.partners is not None:
+            partners = step.partners.to(self.device, non_blocking=True)
+            batch.extra["partner_x"] = self._finish(images["partner_x"])
+            batch.extra["partner_y"] = self._labels[partners]
+            batch.extra["partner_index"] = partners
+        return batch
+
+    def _images(self, steps: List[Step]) -> Iterator[Dict[str, torch.Tensor]]:
+        raise NotImplementedError
 
     def __iter__(self) -> Iterator[Batch]:
-        gen = epoch_generator(self.seed, self.epoch)
-        aug_gen = epoch_generator(self.seed, self.epoch, stream=1)
-        for global_index in self.sampler.batches(gen):
-            if not self.train:
-                dev_index = global_index.to(self.device, non_blocking=True)
-                yield Batch(x=self._finish(self.images[dev_index]), y=self.labels[dev_index],
-                            index=dev_index + self.offset)
-                continue
-            n_global = len(global_index)
-            lo, hi = shard_bounds(n_global, self.rank, self.world)
-            local = global_index[lo:hi].to(self.device, non_blocking=True)
-            anchors = local[:, 0] if local.dim() == 2 else local
-            raw = self.images[anchors]
-            batch = Batch(x=self._augmented(raw, n_global, lo, hi, aug_gen), y=self.labels[anchors],
-                          index=anchors)
-            for v in range(1, self.views):
-                batch.extra[f"view{v}"] = self._augmented(raw, n_global, lo, hi, aug_gen)
-            if self.clean:
-                batch.extra["clean_x"] = self._finish(raw)
-            if local.dim() == 2:
-                partners = local[:, 1]
-                batch.extra["partner_x"] = self._augmented(self.images[partners], n_global, lo, hi, aug_gen)
-                batch.extra["partner_y"] = self.labels[partners]
-                batch.extra["partner_index"] = partners
-            yield batch
+        steps = self.steps(self.epoch)
+        for step, images in zip(steps, self._images(steps)):
+            yield self._batch(step, images)
+
+
+Augment = Union[CropFlip, BoxTransform, None]
+
+
+class TensorLoader(PlannedLoader):
+    """Iterates ``Batch``es over a TensorSplit held on ``device``.
+
+    train=True: the plan's batches (or ``sampler``'s), ``augment`` (``CropFlip`` or a box
+    transform such as ``ResizedCrop``) on the device, labels as given (noisy if label noise is
+    on). train=False: ordered batches of this rank's contiguous shard through
+    ``eval_transform`` (None: the stored images), for evaluation (the engine gathers shards).
+    ``clean`` copies also go through ``eval_transform``.
+    """
+
+    def __init__(self, split: TensorSplit, batch_size: int, *, train: bool, mean: Sequence[float],
+                 std: Sequence[float], device: torch.device, seed: int = 0,
+                 augment: Augment = None, rank: int = 0, world: int = 1,
+                 sampler=None, channels_last: bool = False, views: int = 1, clean: bool = False,
+                 eval_transform: Optional[BoxTransform] = None):
+        n = len(split)
+        super().__init__(n, split.labels, batch_size, train=train, mean=mean, std=std,
+                         device=device, seed=seed, rank=rank, world=world, sampler=sampler,
+                         channels_last=channels_last, views=views, clean=clean)
+        self.augment = augment if train else None
+        self.eval_transform = eval_transform
+        if train:
+            self.offset, images = 0, split.images
+        else:  # evaluation: only this rank's contiguous shard lives on the device
+            lo, hi = shard_bounds(n, rank, world)
+            self.offset, images = lo, split.images[lo:hi]
+        self.images = images.to(self.device)
+
+    def _transform(self, raw: torch.Tensor, seeds: torch.Tensor, transform) -> torch.Tensor:
+        if transform is None:
+            return raw
+        if isinstance(transform, CropFlip):
+            return transform.apply(raw, transform.params(seeds))
+        h, w = raw.shape[-2:]
+        boxes = transform.boxes(seeds, [h] * len(raw), [w] * len(raw))
+        return apply_boxes(raw, boxes, transform.size)
+
+    def _images(self, steps: List[Step]) -> Iterator[Dict[str, torch.Tensor]]:
+        for step in steps:
+            out: Dict[str, torch.Tensor] = {}
+            cache: Dict[int, torch.Tensor] = {}
+            for key, positions, seeds, train_tf in self.uses(step):
+                src = id(positions)
+                if src not in cache:
+                    cache[src] = self.images[(positions - self.offset).to(self.device, non_blocking=True)]
+                tf = self.augment if (train_tf and self.augment is not None) else self.eval_transform
+                out[key] = self._transform(cache[src], seeds, tf)
+            yield out

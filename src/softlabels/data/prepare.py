@@ -38,7 +38,10 @@ class PreparedData:
 
     @property
     def is_tensor(self) -> bool:
-        return hasattr(self.train, "images")
+        """In memory (``TensorSplit``s), as opposed to files (``FileSplit``s)."""
+        from .base import TensorSplit
+
+        return isinstance(self.train, TensorSplit)
 
     def summary(self) -> dict:
         return {
@@ -94,9 +97,18 @@ def prepare_data(cfg: DataConfig, dataset=None) -> PreparedData:
 
 
 def build_loaders(data: PreparedData, cfg: DataConfig, *, device, seed: int, rank: int, world: int,
-                  channels_last: bool, requires=None):
+                  channels_last: bool, requires=None, progress: bool = True):
     """(train, val or None, test) loaders for this rank, supplying what ``requires`` asks for
-    (class pairs, extra views, clean copies; see methods.base.Requires)."""
+    (class pairs, extra views, clean copies; see methods.base.Requires).
+
+    One plan for both kinds of dataset (``loader.BatchPlan``); in-memory splits get a
+    ``TensorLoader``, file splits a ``FileLoader`` reading the dataset's decoded cache (built
+    here on first use, with a progress bar, when ``data.options.cache`` allows it).
+    ``data.workers`` 0 means the automatic worker count for file datasets (``files.auto_workers``).
+    """
+    from .base import ImageTensors
+    from .files import ImageFiles
+
     sampler, views, clean = None, 1, False
     if requires is not None:
         views, clean = requires.views, requires.clean
@@ -107,33 +119,44 @@ def build_loaders(data: PreparedData, cfg: DataConfig, *, device, seed: int, ran
     ds = data.dataset
     if cfg.batch_size % world:
         raise ConfigError(f"data.batch_size: the global batch {cfg.batch_size} must be divisible by the {world} processes")
-    if data.is_tensor:
-        from .augment import CropFlip
+    common = dict(mean=ds.mean, std=ds.std, device=device, seed=seed, rank=rank, world=world,
+                  channels_last=channels_last)
+    if isinstance(ds, ImageTensors):
+        from .augment import CropFlip, ResizedCrop, Resize
         from .loader import TensorLoader
 
-        aug = None
-        if cfg.augment:
+        flip = ds.hflip if cfg.hflip is None else cfg.hflip
+        eval_tf, aug = None, None
+        if ds.train_crop == "random_resized_crop":
+            eval_tf = Resize(ds.image_size)
+            if cfg.augment:
+                aug = ResizedCrop(ds.image_size, flip)
+        elif cfg.augment:
             pad = ds.crop_padding if cfg.crop_padding is None else cfg.crop_padding
-            flip = ds.hflip if cfg.hflip is None else cfg.hflip
             aug = CropFlip(pad, flip)
 
         def make(split, train):
             return TensorLoader(split, cfg.batch_size if train else cfg.eval_batch_size, train=train,
-                                mean=ds.mean, std=ds.std, device=device, seed=seed, augment=aug,
-                                rank=rank, world=world, sampler=sampler if train else None,
-                                channels_last=channels_last, views=views if train else 1,
-                                clean=clean and train)
-    else:
+                                augment=aug, eval_transform=eval_tf,
+                                sampler=sampler if train else None, views=views if train else 1,
+                                clean=clean and train, **common)
+    elif isinstance(ds, ImageFiles):
+        from .cache import ResizeRule, open_cache
         from .files import FileLoader
+
+        rule = ResizeRule(ds.resize, ds.resize_shape)
+        cache = open_cache(ds.all_paths(), rule, cfg.name, ds.cache, progress=progress and rank == 0)
 
         def make(split, train):
             return FileLoader(split, cfg.batch_size if train else cfg.eval_batch_size, train=train,
-                              image_size=ds.image_size, resize=ds.resize, mean=ds.mean, std=ds.std,
-                              device=device, seed=seed, rank=rank, world=world,
-                              workers=cfg.workers, channels_last=channels_last,
-                              sampler=sampler if train else None, views=views if train else 1,
-                              clean=clean and train, augment=cfg.augment,
-                              hflip=True if cfg.hflip is None else cfg.hflip)
+                              image_size=ds.image_size, resize=ds.resize,
+                              workers=cfg.workers or None, sampler=sampler if train else None,
+                              views=views if train else 1, clean=clean and train,
+                              augment=cfg.augment, hflip=True if cfg.hflip is None else cfg.hflip,
+                              train_crop=ds.train_crop, resize_shape=ds.resize_shape, cache=cache,
+                              **common)
+    else:
+        raise TypeError(f"build_loaders: {type(ds).__name__} is neither ImageTensors nor ImageFiles")
 
     train = make(data.train, True)
     val = make(data.val, False) if data.val is not None else None

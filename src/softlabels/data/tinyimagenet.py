@@ -24,7 +24,11 @@ size under ``$SOFTLABELS_CACHE`` (default ``$XDG_CACHE_HOME/softlabels`` or
 size and modification time, so a changed, added or removed file gives another key and the set is
 decoded again; a cache file that cannot be read or has the wrong shapes is ignored and rewritten.
 An unwritable cache directory only costs the decode.
-``image_size: 32`` gives the 32×32 inputs JGL and CS-KD use; FocusNet keeps 64×64.
+``image_size: 32`` gives the 32×32 inputs JGL uses (resized once, then padded crops);
+``train_crop: random_resized_crop`` (with ``image_size: 32``) feeds them as CS-KD's code does:
+RandomResizedCrop(32) + flip of the 64×64 images for training, the 64×64 images resized to
+32×32 for evaluation. FocusNet keeps 64×64. The cache helpers are shared with the file
+datasets' decoded cache (``data/cache.py``).
 
 Validation: wnids.txt, words.txt and val_annotations.txt parse (a bad line is reported with its
 file and line number), every class has training images, every train folder is in wnids.txt,
@@ -34,10 +38,8 @@ and 10,000 validation images are required, so a truncated download is reported.
 """
 from __future__ import annotations
 
-import hashlib
 import os
-from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Literal, Optional, Tuple
 
 import numpy as np
 import torch
@@ -53,6 +55,7 @@ from .fgvc import (
     need_root,
     read_lines,
 )
+from .cache import cache_dir, files_key, to_rgb
 from .files import error_text
 from .imagefolder import IMAGE_EXTENSIONS
 
@@ -78,7 +81,7 @@ def _decode(paths: List[str], size: int, what: str) -> torch.Tensor:
     for i, path in enumerate(paths):
         try:
             with Image.open(path) as im:
-                im = im.convert("RGB")  # greyscale, CMYK, palette → RGB
+                im = to_rgb(im)  # greyscale, 16-bit, CMYK, palette → 8-bit RGB
                 if im.size != (size, size):
                     im = im.resize((size, size), Image.BILINEAR)
                 view[i] = np.asarray(im).transpose(2, 0, 1)
@@ -87,27 +90,9 @@ def _decode(paths: List[str], size: int, what: str) -> torch.Tensor:
     return out
 
 
-def cache_dir() -> Path:
-    """Where decoded datasets are cached: ``$SOFTLABELS_CACHE``, else
-    ``$XDG_CACHE_HOME/softlabels``, else ``~/.cache/softlabels``."""
-    if os.environ.get("SOFTLABELS_CACHE"):
-        return Path(os.environ["SOFTLABELS_CACHE"]).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "softlabels"
-
-
 def _cache_key(what: str, size: int, splits: List[List[str]]) -> str:
     """Hash of the image size and each image's path, byte size and modification time."""
-    h = hashlib.sha256(f"{what}|{size}".encode())
-    for paths in splits:
-        h.update(f"|split {len(paths)}".encode())
-        for p in paths:
-            try:
-                st = os.stat(p)
-                h.update(f"|{p}|{st.st_size}|{st.st_mtime_ns}".encode())
-            except OSError:
-                h.update(f"|{p}|missing".encode())  # the decode reports it
-    return h.hexdigest()[:32]
+    return files_key(f"{what}|{size}", splits)
 
 
 def _decode_cached(splits: List[List[str]], size: int, what: str, cache: bool) -> Tuple[torch.Tensor, ...]:
@@ -147,10 +132,17 @@ def tinyimagenet(
     image_size: int = 64,
     expect_official: bool = True,
     cache: bool = True,
+    train_crop: Literal["pad_crop", "random_resized_crop"] = "pad_crop",
 ) -> ImageTensors:
-    """Tiny ImageNet-200 in memory; ``image_size: 32`` resizes once at load (JGL, CS-KD);
-    ``cache: false`` decodes every time instead of using the decoded-tensor cache."""
+    """Tiny ImageNet-200 in memory; ``image_size: 32`` resizes once at load (JGL);
+    ``train_crop: random_resized_crop`` keeps the 64×64 images and trains on
+    RandomResizedCrop(image_size) + flip of them, evaluating on them resized to image_size
+    (CS-KD's code at 32×32); ``cache: false`` decodes every time instead of using the
+    decoded-tensor cache."""
     what = "tinyimagenet"
+    if train_crop not in ("pad_crop", "random_resized_crop"):
+        raise ConfigError(f"data.options.train_crop: expected pad_crop or random_resized_crop, "
+                          f"got {train_crop!r}")
     if not 1 <= image_size <= 64:
         raise ConfigError(f"data.options.image_size: must be 1..64 (images are resized once "
                           f"when loaded, never enlarged), got {image_size}")
@@ -234,7 +226,8 @@ def tinyimagenet(
     )
     check_listed_exist(what, test_paths, str(ann_path))
 
-    train_x, test_x = _decode_cached([train_paths, test_paths], image_size, what, cache)
+    stored = 64 if train_crop == "random_resized_crop" else image_size
+    train_x, test_x = _decode_cached([train_paths, test_paths], stored, what, cache)
     return ImageTensors(
         train=TensorSplit(train_x, torch.tensor(train_labels, dtype=torch.long)),
         test=TensorSplit(test_x, torch.tensor(test_labels, dtype=torch.long)),
@@ -244,4 +237,6 @@ def tinyimagenet(
         val=None,
         crop_padding=4,
         hflip=True,
+        train_crop=train_crop,
+        output_size=image_size if train_crop == "random_resized_crop" else None,
     )

@@ -174,3 +174,19 @@ def grad_scaler(device: torch.device, precision: str):
     """fp16 needs loss scaling against gradient underflow; bf16 and fp32 do not (disabled scaler:
     ``scale`` and ``step`` pass through)."""
     return torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+# Models whose training step is slower in channels_last on the CPU (docs/benchmarks.md,
+# 2026-11-29, 2-core Xeon, batch 16 at 32×32: ResNet-18 CIFAR 0.81×, CS-KD's PreAct ResNet-18
+# 0.85×; ResNet-34 is the same basic-block family). Every other convolutional network measured
+# was faster (MobileNetV2 1.49×, EfficientNet-B0 1.31×, DenseNet-121 1.25×, LeNet-5 1.23×,
+# ResNet-50 1.16×, ResNet-56 1.16×, ResNet-8 1.11×).
+CHANNELS_LAST_SLOWER_ON_CPU = frozenset({"resnet18", "resnet34", "preact_resnet18_cskd"})
+
+
+def use_channels_last(setting, model_name: str, model: torch.nn.Module, device: torch.device) -> bool:
+    """``train.channels_last``: true/false as given; ``auto`` (the default) = on for every
+    network with 2-D convolutions, except on the CPU for the models measured slower there."""
+    if setting != "auto":
+        return bool(setting)
+    if not any(isinstance(m, torch.nn.Conv2d) for m in model.modules()):
+        return False
+    return not (device.type == "cpu" and model_name in CHANNELS_LAST_SLOWER_ON_CPU)

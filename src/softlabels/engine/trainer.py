@@ -26,7 +26,7 @@ from ..models import build_model
 from ..models.complexity import input_shape_of, model_complexity
 from . import checkpoint as ckpt
 from .optim import build_optimizer, build_schedule, param_groups
-from .runtime import Runtime, autocast_context, grad_scaler, seed_everything, setup_runtime
+from .runtime import Runtime, autocast_context, grad_scaler, seed_everything, setup_runtime, use_channels_last
 
 SELECTION = "lowest val top1_error, ties broken by lower val nll"
 
@@ -66,7 +66,8 @@ class Trainer:
                                  cfg.model.weights)
         self.objective.adapt_model(self.model)
         self.model = self.model.to(dev)
-        if cfg.train.channels_last:
+        self.channels_last = use_channels_last(cfg.train.channels_last, cfg.model.name, self.model, dev)
+        if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self._check_input_fits()
         self.requires = self.objective.requires
@@ -84,7 +85,7 @@ class Trainer:
 
         self.train_loader, self.val_loader, self.test_loader = build_loaders(
             self.data, cfg.data, device=dev, seed=cfg.train.seed, rank=self.rt.rank,
-            world=self.rt.world, channels_last=cfg.train.channels_last, requires=self.requires)
+            world=self.rt.world, channels_last=self.channels_last, requires=self.requires)
         if cfg.train.early_stop_patience is not None and self.val_loader is None:
             raise ConfigError("train.early_stop_patience: early stopping watches the validation split, and this run "
                               "has none (set data.val_fraction > 0)")

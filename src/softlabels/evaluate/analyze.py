@@ -103,7 +103,8 @@ def _features(ctx: Context):
 
     rec = features.recall_at_k(ctx.embeddings, ctx.labels, ks=(1, 2, 4, 8))
     dist = features.class_distances(ctx.embeddings, ctx.labels)
-    tsne = features.tsne_2d(ctx.embeddings, ctx.labels, max_points=ctx.options.get("tsne_points", 2000))
+    tsne = features.tsne_2d(ctx.embeddings, ctx.labels, max_points=ctx.options.get("tsne_points", 2000),
+                            cache_dir=ctx.run_dir / "eval" / "tsne-cache")  # the map per checkpoint
     res = {"recall": rec, "intra_variance": dist["intra_variance"], "inter_distance": dist["inter_distance"]}
     return res, {"tsne": features.plot_tsne(tsne, ctx.class_names)}
 

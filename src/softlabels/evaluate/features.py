@@ -164,29 +164,83 @@ def _stratified_subsample(labels: Tensor, max_points: int, seed: int) -> Tensor:
     return torch.sort(torch.cat(chosen)).values
 
 
-def tsne_2d(embeddings: Tensor, labels: Tensor, max_points: int = 2000, seed: int = 0,
-            perplexity: float = 30.0) -> Dict[str, Tensor]:
+TSNE_PCA_DIMS = 50
+TSNE_MAX_POINTS = 2000
+
+
+def _tsne_key(x, y, **params) -> str:
+    import hashlib
+
+    h = hashlib.sha256(repr(sorted(params.items())).encode())
+    h.update(x.tobytes())
+    h.update(y.numpy().astype("int64").tobytes())
+    return h.hexdigest()[:24]
+
+
+def tsne_2d(embeddings: Tensor, labels: Tensor, max_points: int = TSNE_MAX_POINTS, seed: int = 0,
+            perplexity: float = 30.0, pca_dims: int = TSNE_PCA_DIMS,
+            cache_dir=None) -> Dict[str, Tensor]:
     """2-D t-SNE map of the embeddings (CS-KD Fig. 3), with ``sklearn.manifold.TSNE``.
 
-    When N > ``max_points`` a class-stratified random subset of ``max_points`` samples is used
-    (see :func:`_stratified_subsample`; seeded by ``seed``). TSNE runs with ``init="pca"``,
+    When N > ``max_points`` (default 2,000) a class-stratified random subset of ``max_points``
+    samples is used (see :func:`_stratified_subsample`; seeded by ``seed``). Embeddings wider
+    than ``pca_dims`` (default 50) are first reduced to that many dimensions with PCA (the
+    usual preprocessing: t-SNE's neighbour search and gradient cost grow with the width, and
+    the leading 50 components keep the neighbourhoods). TSNE runs with ``init="pca"``,
     ``random_state=seed`` and ``perplexity`` lowered to ``(n − 1)/3`` for tiny sets, so the
-    same inputs and seed give the same map. Returns ``points`` (n×2 float32), ``labels``
-    (n int64) and ``index`` (the chosen rows of the input, ascending), all on the CPU.
+    same inputs and seed give the same map.
+
+    ``cache_dir``: a folder where the map is kept as ``tsne-<key>.npz``, the key hashing the
+    chosen embeddings, labels and every parameter; a later call with the same checkpoint's
+    embeddings reads it instead of recomputing (an unreadable file is recomputed).
+
+    Returns ``points`` (n×2 float32), ``labels`` (n int64) and ``index`` (the chosen rows of
+    the input, ascending), all on the CPU.
     """
-    from sklearn.manifold import TSNE
+    import numpy as np
 
     emb, y = _check(embeddings, labels, min_n=2)
     if max_points < 2:
         raise ValueError(f"max_points must be >= 2, got {max_points}")
+    if pca_dims < 2:
+        raise ValueError(f"pca_dims must be >= 2, got {pca_dims}")
     y = y.cpu()
     index = _stratified_subsample(y, int(max_points), seed)
     x = emb.cpu()[index].double().numpy()
     n = int(index.numel())
     perp = float(min(perplexity, max(1.0, (n - 1) / 3.0)))  # sklearn needs perplexity < n
+    path = None
+    if cache_dir is not None:
+        from pathlib import Path
+
+        key = _tsne_key(x, y[index], seed=int(seed), perplexity=perp, pca_dims=int(pca_dims), v=1)
+        path = Path(cache_dir) / f"tsne-{key}.npz"
+        try:
+            with np.load(path) as stored:
+                points = torch.from_numpy(stored["points"]).float()
+            if tuple(points.shape) == (n, 2):
+                return {"points": points, "labels": y[index], "index": index}
+        except Exception:  # absent or torn: compute
+            pass
+    from sklearn.manifold import TSNE
+
+    if x.shape[1] > pca_dims and n > pca_dims:
+        from sklearn.decomposition import PCA
+
+        x = PCA(n_components=int(pca_dims), random_state=int(seed)).fit_transform(x)
     tsne = TSNE(n_components=2, perplexity=perp, init="pca", random_state=int(seed),
                 learning_rate="auto")
     points = torch.from_numpy(tsne.fit_transform(x)).float()
+    if path is not None:
+        import os
+
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(path.name + f".tmp{os.getpid()}.npz")
+            np.savez(tmp, points=points.numpy())
+            os.replace(tmp, path)
+        except OSError:
+            pass  # an unwritable folder only costs the next computation
     return {"points": points, "labels": y[index], "index": index}
 
 
