@@ -169,9 +169,9 @@ def first_synonyms(wnids: Sequence[str], words: Dict[str, str]) -> List[str]:
 
 
 def file_dataset(train_paths, train_labels, test_paths, test_labels, classes, image_size,
-                 resize, mean=IMAGENET_MEAN, std=IMAGENET_STD, val=None,
+                 resize, mean=IMAGENET_MEAN, std=IMAGENET_STD,
                  train_crop: str = "random_resized_crop", resize_shape: str = "short_side",
-                 cache="auto") -> ImageFiles:
+                 cache="auto", val=None) -> ImageFiles:
     """An ``ImageFiles`` from path and label lists; ``val``: an optional official validation
     split ``(paths, labels)``; ``train_crop``/``resize_shape``: the input protocol; ``cache``:
     the decoded-image cache mode."""
