@@ -24,3 +24,8 @@ class DataError(SoftlabelsError):
 
 class CheckpointError(SoftlabelsError):
     """A checkpoint is missing, corrupt, or belongs to another model or config."""
+
+
+class MissingInputError(SoftlabelsError):
+    """A method's loss lacks an input it requires: a teacher's output, stage feature maps, an
+    extra view or class partner in the batch, or a module its ``setup`` builds."""
