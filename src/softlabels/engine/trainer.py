@@ -7,8 +7,10 @@ and the test split (reporting only; never used to choose anything).
 """
 from __future__ import annotations
 
+import copy
 import json
 import math
+import sys
 import time
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence
@@ -24,6 +26,7 @@ from ..evaluate.metrics import classification_metrics
 from ..methods.base import build_objective
 from ..models import build_model
 from . import checkpoint as ckpt
+from .collapse import collapse_message, collapse_reason
 from .runtime import Runtime, autocast_context, seed_everything, setup_runtime
 from .schedule import StepSchedule
 
@@ -74,7 +77,7 @@ class Trainer:
                 f"method {cfg.method.name} needs {self.requires.teachers} teacher model(s); "
                 f"run it through a pipeline stage or `compare`, which supply them"
             )
-        self.teachers = [t.to(dev).eval().requires_grad_(False) for t in teachers]
+        self.teachers = [_frozen_teacher(t, self.requires.teacher_mode).to(dev) for t in teachers]
         self.objective.setup(self.model, self.teachers)
         self.objective.to(dev)
 
@@ -83,7 +86,7 @@ class Trainer:
             world=self.rt.world, channels_last=cfg.train.channels_last, requires=self.requires)
         self.optimizer = self._make_optimizer(self._param_groups())
         self.schedule = StepSchedule(self.optimizer, cfg.schedule, len(self.train_loader), cfg.train.epochs)
-        self.autocast = autocast_context(dev, cfg.train.precision)
+        self._precision = cfg.train.precision
 
         # the module the step loop calls: DDP-wrapped and/or compiled view of self.model
         net: nn.Module = self.model
@@ -98,6 +101,8 @@ class Trainer:
         self._method_params = [p for p in self.objective.parameters() if p.requires_grad]
 
         self.start_epoch = 0
+        self.collapsed: Optional[dict] = None
+        self._collapse_reasons: dict = {}
         self.best: Optional[dict] = None
         self.history: List[dict] = []
         if self.data.noisy_index is not None:
@@ -173,6 +178,12 @@ class Trainer:
                      "noisy": self.data.train.labels[idx].tolist()}
             ckpt.atomic_write_text(d / "noise.json", json.dumps(noise))
         (d / "metrics.jsonl").write_text("")
+
+    @property
+    def autocast(self):
+        """A fresh autocast context (or a null context) per use: one torch.autocast instance
+        must not be entered twice (nested, its exit restores the wrong state)."""
+        return autocast_context(self.rt.device, self._precision)
 
     # ------------------------------------------------------------------ the step
     def teacher_outputs(self, batch) -> list:
@@ -275,7 +286,22 @@ class Trainer:
 
     def evaluate(self, loader) -> dict:
         z, y = self.predict(loader)
+        self._collapse_reasons[id(loader)] = collapse_reason(z, y, self.data.num_classes)
         return classification_metrics(z, y, self.data.num_classes)
+
+    def _check_collapse(self, record: dict) -> bool:
+        """After an evaluated epoch: is the run collapsed (engine/collapse.py)? Then record it,
+        say so in one line, and tell ``fit`` to stop (the run ends with a verdict)."""
+        loader, split = (self.val_loader, "val") if self.val_loader is not None else (self.test_loader, "test")
+        reason = self._collapse_reasons.pop(id(loader), None)
+        self._collapse_reasons.clear()
+        if reason is None or split not in record:
+            return False
+        self.collapsed = {"epoch": record["epoch"], "split": split, "reason": reason}
+        if self.rt.is_main:
+            print(f"softlabels: {collapse_message(self.cfg.method.name, record['epoch'], reason, record['lr'])}",
+                  file=sys.stderr, flush=True)
+        return True
 
     # ------------------------------------------------------------------ the loop
     def fit(self) -> dict:
@@ -308,16 +334,21 @@ class Trainer:
                 self._track_best(record)
             record["epoch_time_s"] = round(time.time() - t0, 3)
             self.history.append(record)
+            collapsed = "test" in record and self._check_collapse(record)
+            if collapsed:
+                record["collapsed"] = self.collapsed
             if self.run_dir is not None and self.rt.is_main:
                 with open(self.run_dir / "metrics.jsonl", "a") as f:
                     f.write(json.dumps(record) + "\n")
                 if (epoch + 1) in cfg.train.snapshot_epochs:
                     ckpt.save_checkpoint(self.run_dir / "checkpoints" / f"epoch{epoch + 1}",
                                          self._model_tensors(), self._model_meta(epoch + 1))
-                if (epoch + 1) % cfg.train.checkpoint_every == 0 or last:
+                if (epoch + 1) % cfg.train.checkpoint_every == 0 or last or collapsed:
                     self.save_last(epoch + 1)
             for cb in self.callbacks:
                 cb(self, record)
+            if collapsed:
+                break
         final = self._final(time.time() - t_start)
         if self.run_dir is not None and self.rt.is_main:
             ckpt.atomic_write_text(self.run_dir / "final.json", json.dumps(final, indent=1))
@@ -351,6 +382,7 @@ class Trainer:
             "last": last_block,
             "best": best,
             "train_seconds": round(seconds, 2),
+            **({"collapsed": self.collapsed} if self.collapsed else {}),
         }
 
     # ------------------------------------------------------------------ checkpoints
@@ -389,6 +421,15 @@ class Trainer:
             ckpt.atomic_write_text(self.run_dir / "metrics.jsonl",
                                    "".join(json.dumps(r) + "\n" for r in kept))
         self.history = []
+
+
+def _frozen_teacher(model: nn.Module, mode: str) -> nn.Module:
+    """A teacher as its method's ``requires.teacher_mode`` asks: ``eval`` (the model itself in
+    eval mode) or ``train`` (a private copy in train mode: BatchNorm normalises with the batch's
+    statistics, and its running-statistics updates never reach the caller's model). No grad."""
+    if mode == "train":
+        return copy.deepcopy(model).train().requires_grad_(False)
+    return model.eval().requires_grad_(False)
 
 
 def read_metrics(run_dir: Path) -> List[dict]:
