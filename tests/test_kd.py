@@ -112,3 +112,15 @@ def test_collapsed_run_stops_with_a_verdict_in_final_json(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     line = next(x for x in err if "collapsed" in x)
     assert "method kd" in line and "optim.lr" in line
+
+
+def test_diverged_run_is_a_verdict_not_a_crash(tmp_path):
+    """A non-finite training loss ends the run like a collapse (final.json ``collapsed``), so
+    compare and pipelines go on with the next run instead of stopping."""
+    cfg = build_config(None, ["data.name=digits", "model.name=resnet8", "method.name=ce", "train.epochs=2"])
+    tr = Trainer(cfg, tmp_path / "run")
+    with torch.no_grad():
+        tr.model.head.bias.fill_(float("nan"))
+    final = tr.fit()
+    assert final["collapsed"]["epoch"] == 1 and "diverged" in final["collapsed"]["reason"]
+    assert (tmp_path / "run" / "final.json").is_file() and len(tr.history) == 1

@@ -289,11 +289,12 @@ class Trainer:
         self._collapse_reasons[id(loader)] = collapse_reason(z, y, self.data.num_classes)
         return classification_metrics(z, y, self.data.num_classes)
 
-    def _check_collapse(self, record: dict) -> bool:
-        """After an evaluated epoch: is the run collapsed (engine/collapse.py)? Then record it,
-        say so in one line, and tell ``fit`` to stop (the run ends with a verdict)."""
+    def _check_collapse(self, record: dict, diverged: Optional[str] = None) -> bool:
+        """After an evaluated epoch: is the run collapsed (engine/collapse.py), or did its loss
+        diverge? Then record it, say so in one line, and tell ``fit`` to stop: the run ends with
+        a verdict in final.json, so compare and pipelines go on with the next run."""
         loader, split = (self.val_loader, "val") if self.val_loader is not None else (self.test_loader, "test")
-        reason = self._collapse_reasons.pop(id(loader), None)
+        reason = diverged or self._collapse_reasons.pop(id(loader), None)
         self._collapse_reasons.clear()
         if reason is None or split not in record:
             return False
@@ -320,21 +321,19 @@ class Trainer:
                     self.progress.update(1)
             self.objective.on_epoch_end(epoch)
             train = self._train_stats()
-            if not math.isfinite(train["loss"]):
-                raise SoftlabelsError(
-                    f"training diverged: the loss is {train['loss']} in epoch {epoch + 1}; "
-                    f"try a lower optim.lr (now {cfg.optim.lr})")
+            diverged = not math.isfinite(train["loss"])  # a verdict like a collapse, below
             record = {"epoch": epoch + 1, "lr": lr, "train": train,
                       "train_time_s": round(time.time() - t0, 3)}
             last = epoch + 1 == cfg.train.epochs
-            if (epoch + 1) % cfg.train.eval_every == 0 or last:
+            if (epoch + 1) % cfg.train.eval_every == 0 or last or diverged:
                 if self.val_loader is not None:
                     record["val"] = self.evaluate(self.val_loader)
                 record["test"] = self.evaluate(self.test_loader)
                 self._track_best(record)
             record["epoch_time_s"] = round(time.time() - t0, 3)
             self.history.append(record)
-            collapsed = "test" in record and self._check_collapse(record)
+            collapsed = "test" in record and self._check_collapse(
+                record, f"its training loss is {train['loss']} (diverged)" if diverged else None)
             if collapsed:
                 record["collapsed"] = self.collapsed
             if self.run_dir is not None and self.rt.is_main:

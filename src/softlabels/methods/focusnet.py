@@ -143,13 +143,8 @@ class FocusNet(Method):
         super().__init__(num_classes)
         if detach and not use_reweight:
             raise ConfigError("method.options.detach: has no effect with use_reweight=false (d is not used)")
-        self.alpha = float(alpha)
-        self.beta = float(beta)
-        self.variant = variant
-        self.detach = detach
-        self.use_att = use_att
-        self.use_ent = use_ent
-        self.use_reweight = use_reweight
+        self.alpha, self.beta, self.variant, self.detach = alpha, beta, variant, detach
+        self.use_att, self.use_ent, self.use_reweight = use_att, use_ent, use_reweight
         self.smoothing = smoothing
         self.requires = Requires(teachers=1, teacher_mode=teacher_mode)
 
