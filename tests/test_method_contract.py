@@ -307,3 +307,30 @@ def test_losses_compute_in_float32_for_bf16_inputs_outside_autocast(fn):
     want = BF16_CASES[fn](z.double(), y, b.double())
     assert got.dtype == torch.float32
     assert abs(got.item() - want.item()) <= 1e-6 * max(1.0, abs(want.item()))
+
+
+def test_teacher_mode_train_runs_a_private_copy_in_train_mode():
+    """official_cd runs its teacher in train mode (the authors' code): the trainer gives the
+    method a copy, so BatchNorm statistics updates never reach the caller's teacher model."""
+    cfg = _engine_cfg("glr_cd", ["method.options.variant=official_cd"])
+    teacher = _model().eval()
+    before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    tr = Trainer(cfg, teachers=[teacher])
+    assert tr.teachers[0] is not teacher and tr.teachers[0].training
+    assert not any(p.requires_grad for p in tr.teachers[0].parameters())
+    tr.model.train()
+    tr._reset_accumulators()
+    tr.train_step(next(iter(tr.train_loader)))
+    assert not teacher.training
+    for k, v in teacher.state_dict().items():
+        torch.testing.assert_close(v, before[k])
+    assert any(not torch.equal(v, tr.teachers[0].state_dict()[k]) for k, v in before.items()
+               if k.endswith("running_mean"))
+    eval_tr = Trainer(_engine_cfg("glr_cd"), teachers=[teacher])
+    assert eval_tr.teachers[0] is teacher and not teacher.training
+
+
+def test_teacher_mode_must_agree_in_a_sum():
+    with pytest.raises(ConfigError, match=r"^method\.options\.teacher_mode: "):
+        Objective({"kd": METHODS.build("kd", {}, num_classes=K),
+                   "glr_cd": METHODS.build("glr_cd", {"variant": "official_cd"}, num_classes=K)})
