@@ -8,7 +8,7 @@ import torch
 from softlabels.config import MethodConfig, build_config
 from softlabels.engine import Trainer
 from softlabels.engine import checkpoint as ckpt
-from softlabels.errors import ConfigError, SoftlabelsError
+from softlabels.errors import ConfigError, MissingInputError, SoftlabelsError
 from softlabels.methods import build_objective
 from softlabels.methods.focusnet import (FocusNet, focus_picking_loss, multi_warm_labels,
                                          reweighted_log_probs)
@@ -294,7 +294,7 @@ def test_method_terms_match_function_and_ablation_switches():
 
 def test_method_without_teacher_or_wrong_classes_is_one_line_error():
     out = ModelOutput(t(Z), t(Z))
-    with pytest.raises(SoftlabelsError, match="one teacher"):
+    with pytest.raises(MissingInputError, match="focusnet needs the outputs of 1 teacher"):
         FocusNet(3).loss(out, _Batch(Y), [])
     with pytest.raises(SoftlabelsError, match="4 classes"):
         FocusNet(3).loss(out, _Batch(Y), [ModelOutput(torch.zeros(2, 4), torch.zeros(2, 4))])

@@ -8,6 +8,8 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+
+from softlabels.errors import MissingInputError
 import torch.nn.functional as F
 
 import softlabels.methods.frskd  # noqa: F401  (registration)
@@ -102,7 +104,7 @@ def test_setup_width_default_and_option():
     assert _method(chans=(16, 32, 64), width=24).self_teacher.width == 24
     with pytest.raises(ConfigError, match="stage_channels"):
         FRSKD(3).setup(SimpleNamespace(stage_channels=()))
-    with pytest.raises(RuntimeError, match="setup"):
+    with pytest.raises(MissingInputError, match="setup"):
         FRSKD(3).teach([torch.ones(1, 2, 2, 2)])
 
 

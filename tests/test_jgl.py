@@ -222,23 +222,48 @@ def test_paper_cd_rejects_unequal_channels_and_official_builds_adapters():
         ChannelDistillation(3, variant="official_cd").setup(student, [SimpleNamespace(stage_channels=(16,))])
 
 
+# METHODS.md §4 (corrected; issue 9): the authors' CIFAR schedule over 1-based epochs E,
+# written out by hand: (CE, guided KD, CD).
+CIFAR_BY_HAND = {1: (0.0, 0.0, 6.0), 60: (0.0, 0.0, 5.4), 61: (1.0, 0.1, 5.4), 159: (1.0, 0.1, 5.4),
+                 160: (1.0, 0.1, 4.86), 200: (1.0, 0.1, 4.86)}
+IMAGENET_BY_HAND = {1: (0.0, 0.0, 6.0), 29: (0.0, 0.0, 6.0), 30: (0.0, 0.0, 5.4), 31: (1.0, 1.0, 5.4),
+                    60: (1.0, 1.0, 4.86), 90: (1.0, 1.0, 4.374)}
+
+
 def test_official_schedule():
-    assert official_cd_weights(0) == (0.0, 0.0, 6.0)
-    ce, kd, cd = official_cd_weights(59)
-    assert (ce, kd) == (0.0, 0.0) and cd == pytest.approx(6 * 0.9 ** 59)
-    ce, kd, cd = official_cd_weights(60)
-    assert (ce, kd) == (1.0, 1.0) and cd == pytest.approx(6 * 0.9 ** 60)
-    assert official_cd_weights(30, warmup_epochs=30)[:2] == (1.0, 1.0)
+    for epoch, expect in CIFAR_BY_HAND.items():
+        ce, kd, cd = official_cd_weights(epoch)
+        assert (ce, kd) == expect[:2] and cd == pytest.approx(expect[2], rel=1e-12), epoch
+    for epoch, expect in IMAGENET_BY_HAND.items():
+        ce, kd, cd = official_cd_weights(epoch, "imagenet")
+        assert (ce, kd) == expect[:2] and cd == pytest.approx(expect[2], rel=1e-12), epoch
+    # short runs: the warm-up and the CD steps can be moved
+    assert official_cd_weights(4, warmup_epochs=3, milestones=[2, 4]) == pytest.approx((1.0, 0.1, 4.86))
+    # the method reads the trainer's 0-based epoch as E = epoch + 1
     m = JointGuidedLearning(3, variant="official_cd")
-    for epoch, expect in [(0, (0.0, 0.0, 6.0)), (59, (0.0, 0.0, 6 * 0.9 ** 59)), (60, (1.0, 1.0, 6 * 0.9 ** 60))]:
-        m.on_epoch_start(epoch)
+    for e, expect in CIFAR_BY_HAND.items():
+        m.on_epoch_start(e - 1)
         w = m.weights()
-        assert (w["ce"], w["kd"]) == expect[:2] and w["cd"] == pytest.approx(expect[2])
-        assert int(m.epoch) == epoch
+        assert (w["ce"], w["kd"]) == expect[:2] and w["cd"] == pytest.approx(expect[2]), e
+        assert int(m.epoch) == e - 1
+    c = ChannelDistillation(3, variant="official_cd")
+    c.on_epoch_start(60)  # E = 61
+    assert c.weights() == pytest.approx({"ce": 1.0, "cd": 5.4})
     # the epoch is checkpointed: a fresh method loading the state resumes the schedule
     fresh = JointGuidedLearning(3, variant="official_cd")
     fresh.load_state_dict(m.state_dict())
-    assert fresh.weights()["ce"] == 1.0 and fresh.weights()["cd"] == pytest.approx(6 * 0.9 ** 60)
+    assert fresh.weights() == pytest.approx({"ce": 1.0, "kd": 0.1, "cd": 4.86})
+
+
+def test_teacher_mode_defaults_and_option():
+    assert ChannelDistillation(3, variant="official_cd").requires.teacher_mode == "train"
+    assert JointGuidedLearning(3, variant="official_cd").requires.teacher_mode == "train"
+    assert JointGuidedLearning(3).requires.teacher_mode == "eval"
+    assert JointGuidedLearning(3, variant="official_cd", teacher_mode="eval").requires.teacher_mode == "eval"
+    assert LabelRefinery(3).requires.teacher_mode == "eval"
+    assert LabelRefinery(3, teacher_mode="train").requires.teacher_mode == "train"
+    with pytest.raises(ConfigError, match=r"^method\.options\.teacher_mode: "):
+        LabelRefinery(3, teacher_mode="training")
 
 
 def test_official_cd_terms_and_adapters():

@@ -6,6 +6,8 @@ import warnings
 
 import pytest
 import torch
+
+from softlabels.errors import MissingInputError
 import torchvision
 from torch import nn
 
@@ -63,7 +65,7 @@ def hand_standardize(m, unbiased=False, eps=PAPER_EPS):
     vals = [v for row in m for v in row]
     mean = sum(vals) / len(vals)
     ss = sum((v - mean) ** 2 for v in vals)
-    std = math.sqrt(ss / (len(vals) - 1)) if unbiased else math.sqrt(ss / len(vals) + eps)
+    std = math.sqrt(ss / (len(vals) - 1 if unbiased else len(vals)) + eps)
     return [[(v - mean) / std for v in row] for row in m]
 
 
@@ -115,14 +117,18 @@ def test_or_loss_by_hand():
     t = [[[[4.0, 1.0], [0.0, 2.0]], [[1.0, 1.0], [1.0, 0.0]], [[0.0, 2.0], [0.5, 0.5]]],
          [[[0.0, 0.0], [1.0, 5.0]], [[2.0, 0.0], [0.0, 0.0]], [[1.0, 1.0], [0.0, 1.0]]]]
     st, tt = torch.tensor(s, dtype=torch.float64), torch.tensor(t, dtype=torch.float64)
-    for variant, unbiased, eps in (("paper", False, PAPER_EPS), ("official", True, 0.0)):
+    # issue 9: both variants use the unbiased std by default (the authors' code); the paper
+    # variant keeps its ε, and ``unbiased=False`` gives the population std
+    for variant, unbiased, eps in (("paper", True, PAPER_EPS), ("official", True, 0.0), ("paper", False, PAPER_EPS)):
         expected = (hand_or(s[0], t[0], unbiased, eps) + hand_or(s[1], t[1], unbiased, eps)) / 2
         assert expected > 0
-        assert orthogonal_loss(st, tt, variant).item() == pytest.approx(expected, rel=1e-10)
+        assert orthogonal_loss(st, tt, variant, unbiased).item() == pytest.approx(expected, rel=1e-10)
     # the unbiased std is larger by sqrt(n/(n−1)), n = 4 positions; both maps shrink by
-    # sqrt(3/4), so official = paper · 3/4 (up to ε)
-    ratio = orthogonal_loss(st, tt, "official") / orthogonal_loss(st, tt, "paper")
+    # sqrt(3/4), so unbiased = population · 3/4 (up to ε)
+    ratio = orthogonal_loss(st, tt, "official") / orthogonal_loss(st, tt, "paper", unbiased=False)
     assert ratio.item() == pytest.approx(3 / 4, rel=1e-6)
+    paper = orthogonal_loss(st, tt, "paper") / orthogonal_loss(st, tt, "official")
+    assert paper.item() == pytest.approx(1.0, rel=1e-6)
 
 
 def test_orthogonal_maps_give_zero():
@@ -200,7 +206,7 @@ def test_paper_loss_is_ce_plus_mean_alpha_or_of_last_stage():
     first = OrthogonalTransfer(5, members_before=0)
     assert first.requires.teachers == 0 and not first.requires.features
     assert set(first.loss(out, batch, ())) == {"ce"}
-    with pytest.raises(ValueError, match="needs 3 teacher outputs, got 1"):
+    with pytest.raises(MissingInputError, match="needs the outputs of 3 teacher model"):
         m.loss(out, batch, teachers[:1])
 
 

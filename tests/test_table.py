@@ -204,3 +204,32 @@ def test_mixed_groups_rejected(tmp_path):
     _write(other, "b", _final("ce", 1, m, dataset="cifar100"))
     with pytest.raises(SoftlabelsError, match="mix datasets"):
         aggregate(find_runs([other]))
+
+
+def test_collapsed_seeds_are_marked_not_averaged(tmp_path):
+    """Issue 9: a run the engine stopped as collapsed (final.json key ``collapsed``) is listed,
+    never folded into mean ± std; a label whose seeds all collapsed shows ``collapsed``."""
+    root = tmp_path / "runs"
+    for seed, best in BEST["ce"].items():
+        _write(root / "ce", f"seed{seed}", _final("ce", seed, best))
+    for seed, best in BEST["ols"].items():
+        data = _final("kd", seed, best)
+        if seed != 0:
+            data["collapsed"] = {"epoch": 1, "split": "val", "reason": "its predictions are uniform"}
+            data["best"]["test"]["top1_error"] = 90.0
+        _write(root / "kd", f"seed{seed}", data)
+    data = _final("focusnet", 0, BEST["ce"][0])
+    data["collapsed"] = {"epoch": 1, "split": "val", "reason": "constant"}
+    _write(root / "focusnet", "seed0", data)
+    rows = {r.label: r for r in aggregate(find_runs([root]))}
+    kd = rows["kd"]
+    assert kd.seeds == [0] and kd.collapsed == [1, 2] and kd.n_seeds == 1
+    assert kd.mean["top1_error"] == pytest.approx(27.40) and kd.std["top1_error"] == 0.0
+    assert rows["focusnet"].collapsed == [0] and rows["focusnet"].n_seeds == 0
+    md = format_table(list(rows.values()), baseline="ce", fmt="markdown")
+    kd_line = next(line for line in md.splitlines() if line.startswith("| kd "))
+    assert "| 1 + 2 collapsed |" in kd_line and "90" not in kd_line
+    fn_line = next(line for line in md.splitlines() if line.startswith("| focusnet "))
+    assert fn_line.count("collapsed") == 5 and fn_line.endswith("| n/a |")
+    summary = json.loads(write_summary(list(rows.values()), tmp_path / "s.json").read_text())
+    assert {r["label"]: r["collapsed_seeds"] for r in summary["rows"]}["kd"] == [1, 2]

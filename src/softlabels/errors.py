@@ -33,3 +33,6 @@ class StorageError(SoftlabelsError):
 
 class RunLockedError(SoftlabelsError):
     """A run directory is owned by another live process (named in the message)."""
+class MissingInputError(SoftlabelsError):
+    """A method's loss lacks an input it requires: a teacher's output, stage feature maps, an
+    extra view or class partner in the batch, or a module its ``setup`` builds."""

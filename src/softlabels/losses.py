@@ -1,11 +1,16 @@
 """Every loss as a plain function, for use in your own training loop.
 
-The Method classes in ``softlabels.methods`` wrap these; the functions hold the math.
+The Method classes in ``softlabels.methods`` wrap these; the functions hold the math, and all of
+them are built on the functional core ``softlabels.methods.functional`` (re-exported here:
+``upcast``, ``cross_entropy``, ``soft_cross_entropy``, ``tempered_kl``, ``target_kl``,
+``entropy``, ``masked_mean``). Every loss computes in at least float32 whatever its input dtype.
 """
-from .methods.augmentation import (apply_cutout, cutout_mask, ddgsd_kl, ddgsd_loss, linear_mmd, mix,
+from .methods.augmentation import (apply_cutout, cutout_mask, ddgsd_kl, ddgsd_loss, linear_mmd, logit_mse, mix,
                                    mixup_cskd_loss, mixup_loss, sample_cutout_centres, sample_mixup)
-from .methods.byot import byot_classifier_loss, byot_hint, byot_loss
-from .methods.ce import cross_entropy, label_smoothing_loss, soft_cross_entropy
+from .methods.byot import byot_classifier_loss, byot_hint, byot_loss, byot_official_loss
+from .methods.ce import label_smoothing_loss
+from .methods.functional import (cross_entropy, entropy, masked_mean, soft_cross_entropy, target_kl, tempered_kl,
+                                 upcast)
 from .methods.cskd import cskd_e_loss, cskd_kl, cskd_loss
 from .methods.dropmax import (dropmax_aux, dropmax_ce, dropmax_kl, dropmax_logits, dropmax_loss,
                                dropmax_neg_entropy, dropmax_posterior_logits, sample_retain_mask)
@@ -20,7 +25,7 @@ from .methods.ols import ols_accumulate, ols_loss, ols_soft_labels
 from .methods.one import one_ensemble_logits, one_kl, one_loss
 from .methods.orthogonal import attention_map, dynamic_or_weight, orthogonal_loss, standardize_map
 from .methods.regularizers import (bootstrap_hard_loss, bootstrap_hard_targets, bootstrap_soft_loss,
-                                   bootstrap_soft_targets, confidence_penalty, disturb_labels, entropy,
+                                   bootstrap_soft_targets, confidence_penalty, disturb_labels,
                                    focal_loss, maxent_loss, pairwise_confusion, pairwise_confusion_loss,
                                    reverse_cross_entropy, sce_loss)
 from .methods.sla import aggregate_joint_logits, joint_labels, rotations, sla_joint_ce, sla_sd_kl, sla_sd_loss

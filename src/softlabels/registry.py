@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import math
 import types
 import typing
 from dataclasses import dataclass
@@ -96,7 +97,56 @@ class Registry:
         return entry.factory(**fixed, **checked)
 
 
+@dataclass(frozen=True)
+class Range:
+    """The allowed interval of a numeric option, declared once in the signature:
+    ``lam: Annotated[float, Range(0, 1)] = 0.8``. ``low``/``high`` None = unbounded; the
+    ``*_open`` flags exclude the bound. Values must also be finite. ``None`` (for an
+    ``Optional`` option) is not checked against the range."""
+
+    low: Optional[float] = None
+    high: Optional[float] = None
+    low_open: bool = False
+    high_open: bool = False
+
+    def ok(self, value) -> bool:
+        if not math.isfinite(value):
+            return False
+        if self.low is not None and (value <= self.low if self.low_open else value < self.low):
+            return False
+        if self.high is not None and (value >= self.high if self.high_open else value > self.high):
+            return False
+        return True
+
+    def describe(self) -> str:
+        parts = []
+        if self.low is not None:
+            parts.append(f"{'>' if self.low_open else '>='} {self.low:g}")
+        if self.high is not None:
+            parts.append(f"{'<' if self.high_open else '<='} {self.high:g}")
+        return "a finite number " + " and ".join(parts) if parts else "a finite number"
+
+
+def _split_annotated(annotation: Any):
+    """(base annotation, Range or None) of ``Annotated[T, Range(...)]``, also inside Optional."""
+    if typing.get_origin(annotation) is typing.Annotated:
+        base, *meta = typing.get_args(annotation)
+        rng = next((m for m in meta if isinstance(m, Range)), None)
+        return base, rng
+    origin = typing.get_origin(annotation)
+    if origin is typing.Union or (hasattr(types, "UnionType") and origin is types.UnionType):
+        args, rng = [], None
+        for a in typing.get_args(annotation):
+            b, r = _split_annotated(a)
+            args.append(b)
+            rng = rng or r
+        if rng is not None:
+            return typing.Union[tuple(args)], rng
+    return annotation, None
+
+
 def _type_ok(value: Any, annotation: Any) -> bool:
+    annotation, _ = _split_annotated(annotation)
     if annotation is inspect.Parameter.empty or annotation is Any:
         return True
     origin = typing.get_origin(annotation)
@@ -120,6 +170,7 @@ def _type_ok(value: Any, annotation: Any) -> bool:
 
 
 def describe_type(annotation: Any) -> str:
+    annotation, _ = _split_annotated(annotation)
     origin = typing.get_origin(annotation)
     if origin is typing.Literal:
         return "one of " + ", ".join(repr(a) for a in typing.get_args(annotation))
@@ -130,18 +181,42 @@ def describe_type(annotation: Any) -> str:
     return getattr(annotation, "__name__", str(annotation))
 
 
-def check_kwargs(fn: Callable, options: dict, where: str, skip=()) -> dict:
-    """Validate ``options`` against ``fn``'s keyword parameters; return them (ints → floats)."""
-    if isinstance(fn, functools.partial):  # a prefix entry: its bound name is not an option
-        skip, fn = tuple(skip) + tuple(fn.keywords), fn.func
-    sig = inspect.signature(fn)
+def option_hints(fn: Callable) -> Dict[str, Any]:
+    """The resolved annotations of ``fn``'s parameters (of ``__init__`` for a class), with their
+    ``Annotated`` metadata (the declared ranges)."""
     # for a class, the options are __init__'s parameters (get_type_hints(cls) would give the
     # class attributes' annotations instead)
     target = fn.__init__ if inspect.isclass(fn) else fn
+    target = getattr(target, "__wrapped__", target)
     try:
-        hints = typing.get_type_hints(target)
+        return typing.get_type_hints(target, include_extras=True)
     except Exception:  # unresolvable forward refs: fall back to raw annotations
-        hints = {}
+        return {}
+
+
+def check_value(key: str, value: Any, annotation: Any, where: str) -> Any:
+    """One option against its declared type and range: the value (an int given for a float
+    becomes a float), or a one-line ConfigError naming ``where.key``."""
+    if not _type_ok(value, annotation):
+        raise ConfigError(f"{where}.{key}: expected {describe_type(annotation)}, got {value!r}")
+    base, rng = _split_annotated(annotation)
+    if rng is not None and isinstance(value, (int, float)) and not isinstance(value, bool):
+        if not rng.ok(value):
+            raise ConfigError(f"{where}.{key}: expected {rng.describe()}, got {value!r}")
+    if isinstance(value, int) and not isinstance(value, bool) and (
+            base is float or (typing.get_origin(base) is typing.Union and float in typing.get_args(base)
+                              and int not in typing.get_args(base))):
+        value = float(value)
+    return value
+
+
+def check_kwargs(fn: Callable, options: dict, where: str, skip=()) -> dict:
+    """Validate ``options`` against ``fn``'s keyword parameters (types and declared ranges);
+    return them (ints → floats where a float is declared)."""
+    if isinstance(fn, functools.partial):  # a prefix entry: its bound name is not an option
+        skip, fn = tuple(skip) + tuple(fn.keywords), fn.func
+    sig = inspect.signature(fn)
+    hints = option_hints(fn)
     params = {
         n: p
         for n, p in sig.parameters.items()
@@ -152,14 +227,7 @@ def check_kwargs(fn: Callable, options: dict, where: str, skip=()) -> dict:
         if key not in params:
             accepted = ", ".join(sorted(params)) or "none"
             raise ConfigError(f"{where}.{key}: unknown option (accepted: {accepted})")
-        ann = hints.get(key, params[key].annotation)
-        if not _type_ok(value, ann):
-            raise ConfigError(
-                f"{where}.{key}: expected {describe_type(ann)}, got {value!r}"
-            )
-        if ann is float and isinstance(value, int):
-            value = float(value)
-        out[key] = value
+        out[key] = check_value(key, value, hints.get(key, params[key].annotation), where)
     return out
 
 

@@ -7,8 +7,10 @@ and the test split (reporting only; never used to choose anything).
 """
 from __future__ import annotations
 
+import copy
 import json
 import math
+import sys
 import time
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence
@@ -25,6 +27,7 @@ from ..methods.base import build_objective
 from ..models import build_model
 from ..models.complexity import input_shape_of, model_complexity
 from . import checkpoint as ckpt
+from .collapse import collapse_message, collapse_reason
 from .optim import build_optimizer, build_schedule, param_groups
 from .runtime import Runtime, autocast_context, grad_scaler, seed_everything, setup_runtime, use_channels_last
 
@@ -76,7 +79,7 @@ class Trainer:
                 f"method {cfg.method.name} needs {self.requires.teachers} teacher model(s); "
                 f"run it through a pipeline stage or `compare`, which supply them"
             )
-        self.teachers = [t.to(dev).eval().requires_grad_(False) for t in teachers]
+        self.teachers = [_frozen_teacher(t, self.requires.teacher_mode).to(dev) for t in teachers]
         self.objective.setup(self.model, self.teachers)
         self.objective.to(dev)
         # parameters and FLOPs at inference and at training (models/complexity.py), for final.json
@@ -95,7 +98,7 @@ class Trainer:
         self.optimizer = build_optimizer(param_groups(self.model, self.objective, cfg.optim), cfg.optim)
         self.schedule = build_schedule(self.optimizer, cfg.schedule, -(-len(self.train_loader) // self.accumulate),
                                        cfg.train.epochs)
-        self.autocast = autocast_context(dev, cfg.train.precision)
+        self._precision = cfg.train.precision
         self.scaler = grad_scaler(dev, cfg.train.precision)
 
         # the module the step loop calls: DDP-wrapped and/or compiled view of self.model
@@ -121,6 +124,8 @@ class Trainer:
         self.stopped_early: Optional[int] = None
 
         self.start_epoch = 0
+        self.collapsed: Optional[dict] = None
+        self._collapse_reasons: dict = {}
         self.best: Optional[dict] = None
         self.history: List[dict] = []
         if self.data.noisy_index is not None:
@@ -179,6 +184,12 @@ class Trainer:
                      "noisy": self.data.train.labels[idx].tolist()}
             ckpt.atomic_write_text(d / "noise.json", json.dumps(noise))
         ckpt.atomic_write_text(d / "metrics.jsonl", "")
+
+    @property
+    def autocast(self):
+        """A fresh autocast context (or a null context) per use: one torch.autocast instance
+        must not be entered twice (nested, its exit restores the wrong state)."""
+        return autocast_context(self.rt.device, self._precision)
 
     # ------------------------------------------------------------------ the step
     def teacher_outputs(self, batch) -> list:
@@ -299,7 +310,24 @@ class Trainer:
 
     def evaluate(self, loader, model: Optional[nn.Module] = None) -> dict:
         z, y = self.predict(loader, model)
+        if model is None:  # the collapse check watches the trained weights, not their average
+            self._collapse_reasons[id(loader)] = collapse_reason(z, y, self.data.num_classes)
         return classification_metrics(z, y, self.data.num_classes)
+
+    def _check_collapse(self, record: dict, diverged: Optional[str] = None) -> bool:
+        """After an evaluated epoch: is the run collapsed (engine/collapse.py), or did its loss
+        diverge? Then record it, say so in one line, and tell ``fit`` to stop: the run ends with
+        a verdict in final.json, so compare and pipelines go on with the next run."""
+        loader, split = (self.val_loader, "val") if self.val_loader is not None else (self.test_loader, "test")
+        reason = diverged or self._collapse_reasons.pop(id(loader), None)
+        self._collapse_reasons.clear()
+        if reason is None or split not in record:
+            return False
+        self.collapsed = {"epoch": record["epoch"], "split": split, "reason": reason}
+        if self.rt.is_main:
+            print(f"softlabels: {collapse_message(self.cfg.method.name, record['epoch'], reason, record['lr'])}",
+                  file=sys.stderr, flush=True)
+        return True
 
     # ------------------------------------------------------------------ the loop
     def fit(self) -> dict:
@@ -329,14 +357,11 @@ class Trainer:
             self.objective.on_epoch_end(epoch)
             train = self._train_stats()
             self._images_this_epoch = self._last_seen
-            if not math.isfinite(train["loss"]):
-                raise SoftlabelsError(
-                    f"training diverged: the loss is {train['loss']} in epoch {epoch + 1}; "
-                    f"try a lower optim.lr (now {cfg.optim.lr})")
+            diverged = not math.isfinite(train["loss"])  # a verdict like a collapse, below
             record = {"epoch": epoch + 1, "lr": lr, "train": train,
                       "train_time_s": round(time.time() - t0, 3)}
             last = epoch + 1 == cfg.train.epochs
-            if (epoch + 1) % cfg.train.eval_every == 0 or last:
+            if (epoch + 1) % cfg.train.eval_every == 0 or last or diverged:
                 if self.val_loader is not None:
                     record["val"] = self.evaluate(self.val_loader)
                 record["test"] = self.evaluate(self.test_loader)
@@ -352,6 +377,10 @@ class Trainer:
                     last = True
             record["epoch_time_s"] = round(time.time() - t0, 3)
             self.history.append(record)
+            collapsed = "test" in record and self._check_collapse(
+                record, f"its training loss is {train['loss']} (diverged)" if diverged else None)
+            if collapsed:
+                record["collapsed"] = self.collapsed
             if self.progress is not None:
                 self._show_progress(record, epoch, lr, t0, epoch_done=True)
             if log is not None:
@@ -359,11 +388,11 @@ class Trainer:
                 if (epoch + 1) in cfg.train.snapshot_epochs:
                     ckpt.save_checkpoint(self.run_dir / "checkpoints" / f"epoch{epoch + 1}",
                                          self._model_tensors(), self._model_meta(epoch + 1))
-                if (epoch + 1) % cfg.train.checkpoint_every == 0 or last:
+                if (epoch + 1) % cfg.train.checkpoint_every == 0 or last or collapsed:
                     self.save_last(epoch + 1)
             for cb in self.callbacks:
                 cb(self, record)
-            if self.stopped_early is not None:
+            if collapsed or self.stopped_early is not None:
                 break
         if log is not None:
             log.close()
@@ -424,6 +453,7 @@ class Trainer:
             **({"ema": {"epoch": last["epoch"], **last["ema"]}} if last and "ema" in last else {}),
             **({"stopped_early": {"epoch": self.stopped_early, "patience": c.train.early_stop_patience}}
                if self.stopped_early is not None else {}),
+            **({"collapsed": self.collapsed} if self.collapsed else {}),
         }
 
     # ------------------------------------------------------------------ checkpoints
@@ -482,6 +512,15 @@ class Trainer:
             ckpt.atomic_write_text(self.run_dir / "metrics.jsonl",
                                    "".join(json.dumps(r) + "\n" for r in kept))
         self.history = []
+
+
+def _frozen_teacher(model: nn.Module, mode: str) -> nn.Module:
+    """A teacher as its method's ``requires.teacher_mode`` asks: ``eval`` (the model itself in
+    eval mode) or ``train`` (a private copy in train mode: BatchNorm normalises with the batch's
+    statistics, and its running-statistics updates never reach the caller's model). No grad."""
+    if mode == "train":
+        return copy.deepcopy(model).train().requires_grad_(False)
+    return model.eval().requires_grad_(False)
 
 
 def read_metrics(run_dir: Path) -> List[dict]:

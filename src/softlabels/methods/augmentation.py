@@ -32,18 +32,15 @@ other components see the same inputs as the student.
 """
 from __future__ import annotations
 
-import math
-from typing import Dict, Optional, Tuple
+from typing import Annotated, Dict, Literal, Optional, Sequence, Tuple
 
 import torch
-import torch.nn.functional as F
 
-from ..errors import ConfigError, SoftlabelsError
 from ..models.base import ModelOutput
-from ..registry import METHODS
-from .base import Method, Requires, option_number
-from .ce import upcast
+from ..registry import METHODS, Range
+from .base import Batch, Method, Requires, need_aux, need_extra
 from .cskd import cskd_kl, joint_forward
+from .functional import cross_entropy, tempered_kl, upcast
 
 MIXUP_REFERENCE = "Zhang, Cisse, Dauphin, Lopez-Paz, mixup: Beyond Empirical Risk Minimization, ICLR 2018"
 MIXUP_CSKD_REFERENCE = ("Yun et al., Regularizing Class-wise Predictions via Self-knowledge "
@@ -52,16 +49,6 @@ CUTOUT_REFERENCE = ("DeVries & Taylor, Improved Regularization of Convolutional 
                     "with Cutout, arXiv:1708.04552, 2017")
 DDGSD_REFERENCE = ("Xu & Liu, Data-Distortion Guided Self-Distillation for Deep Neural Networks, "
                    "AAAI 2019")
-
-
-# ------------------------------------------------------------------------------ option checks
-def _need(batch, key: str, method: str) -> torch.Tensor:
-    try:
-        return batch.extra[key]
-    except KeyError:
-        raise SoftlabelsError(
-            f"{method}: the batch has no {key!r}; it is set by the method's own forward pass "
-            f"(forward_batch) or by the loader when the method's requires asks for it") from None
 
 
 # ------------------------------------------------------------------------------ mixup
@@ -87,9 +74,8 @@ def mixup_loss(logits: torch.Tensor, labels: torch.Tensor, lam, index: torch.Ten
 
     ``lam`` may be a float or a 0-d tensor (on the logits' device).
     """
-    logits = upcast(logits)
-    ce_a = F.cross_entropy(logits, labels)
-    ce_b = F.cross_entropy(logits, labels[index])
+    ce_a = cross_entropy(logits, labels)
+    ce_b = cross_entropy(logits, labels[index])
     if torch.is_tensor(lam):
         lam = lam.to(ce_a.dtype)
     return lam * ce_a + (1 - lam) * ce_b
@@ -119,9 +105,9 @@ class Mixup(Method):
 
     requires = Requires()
 
-    def __init__(self, num_classes: int, alpha: float = 1.0):
+    def __init__(self, num_classes: int, alpha: Annotated[float, Range(0.0)] = 1.0):
         super().__init__(num_classes)
-        self.alpha = option_number("alpha", alpha, 0.0, strict=False)
+        self.alpha = alpha
 
     def sample(self, n: int) -> Tuple[float, torch.Tensor]:
         """λ and π for a batch of ``n`` (tests replace this to inject fixed values)."""
@@ -133,9 +119,9 @@ class Mixup(Method):
         batch.x = mix(batch.x, lam, index)
         return net(batch.x, return_features=features)
 
-    def loss(self, out, batch, teachers=()):
-        return {"ce": mixup_loss(out.logits, batch.y, _need(batch, "mix_lambda", "mixup"),
-                                 _need(batch, "mix_index", "mixup"))}
+    def loss(self, out: ModelOutput, batch: Batch, teachers: Sequence[ModelOutput] = ()) -> Dict[str, torch.Tensor]:
+        return {"ce": mixup_loss(out.logits, batch.y, need_extra(batch, "mix_lambda", "mixup"),
+                                 need_extra(batch, "mix_index", "mixup"))}
 
 
 # ------------------------------------------------------------------------------ mixup + CS-KD
@@ -165,14 +151,13 @@ class MixupCSKD(Mixup):
 
     requires = Requires(pairs=True)
 
-    def __init__(self, num_classes: int, temperature: float = 4.0, lam: float = 1.0,
-                 alpha: float = 1.0):
+    def __init__(self, num_classes: int, temperature: Annotated[float, Range(0.0, low_open=True)] = 4.0,
+                 lam: Annotated[float, Range(0.0)] = 1.0, alpha: Annotated[float, Range(0.0)] = 1.0):
         super().__init__(num_classes, alpha)
-        self.temperature = option_number("temperature", temperature, 0.0, strict=True)
-        self.lam = option_number("lam", lam, 0.0, strict=False)
+        self.temperature, self.lam = temperature, lam
 
     def forward_batch(self, net, batch, features: bool):
-        partner = _need(batch, "partner_x", "mixup_cskd")
+        partner = need_extra(batch, "partner_x", "mixup_cskd")
         lam, index = _record_mix(batch, *self.sample(len(batch)))
         batch.extra["unmixed_x"] = batch.x
         batch.extra["unmixed_partner_x"] = partner
@@ -180,9 +165,10 @@ class MixupCSKD(Mixup):
         batch.extra["partner_x"] = mix(partner, lam, index)
         return joint_forward(net, batch, features)
 
-    def loss(self, out, batch, teachers=()):
+    def loss(self, out: ModelOutput, batch: Batch, teachers: Sequence[ModelOutput] = ()) -> Dict[str, torch.Tensor]:
         terms = super().loss(out, batch, teachers)
-        terms["cls"] = self.lam * cskd_kl(out.logits, out.aux["partner"].logits, self.temperature)
+        partner = need_aux(out, "partner", "mixup_cskd").logits
+        terms["cls"] = self.lam * cskd_kl(out.logits, partner, self.temperature)
         return terms
 
 
@@ -230,12 +216,8 @@ class Cutout(Method):
 
     requires = Requires()
 
-    def __init__(self, num_classes: int, size: int = 16, ce: bool = True):
+    def __init__(self, num_classes: int, size: Annotated[int, Range(1)] = 16, ce: bool = True):
         super().__init__(num_classes)
-        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
-            raise ConfigError(f"method.options.size: expected an integer >= 1, got {size!r}")
-        if not isinstance(ce, bool):
-            raise ConfigError(f"method.options.ce: expected true or false, got {ce!r}")
         self.size, self.ce = size, ce
 
     def sample(self, n: int, height: int, width: int) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -251,51 +233,57 @@ class Cutout(Method):
         batch.x = apply_cutout(x, cutout_mask(cy, cx, self.size, h, w))
         return net(batch.x, return_features=features)
 
-    def loss(self, out, batch, teachers=()):
+    def loss(self, out: ModelOutput, batch: Batch, teachers: Sequence[ModelOutput] = ()) -> Dict[str, torch.Tensor]:
         if not self.ce:
             return {}
-        return {"ce": F.cross_entropy(upcast(out.logits), batch.y)}
+        return {"ce": cross_entropy(out.logits, batch.y)}
 
 
 # ------------------------------------------------------------------------------ DDGSD
-def _common(a: torch.Tensor, b: torch.Tensor):
-    a, b = upcast(a), upcast(b)
-    dtype = torch.promote_types(a.dtype, b.dtype)
-    return a.to(dtype), b.to(dtype)
-
-
 def ddgsd_kl(logits_a: torch.Tensor, logits_b: torch.Tensor, temperature: float = 3.0,
-             detach: bool = True) -> torch.Tensor:
-    """T²·[KL(q_b ‖ p_a) + KL(q_a ‖ p_b)], q = p = softmax(z/T), summed over classes, mean over
-    the batch. With ``detach`` each direction's target is a constant (each view distils into the
-    other, as a teacher's prediction in KD); without, it is the plain symmetric KL."""
-    if temperature <= 0:
-        raise ValueError(f"temperature must be > 0, got {temperature}")
-    a, b = _common(logits_a, logits_b)
-    ls_a, ls_b = F.log_softmax(a / temperature, dim=1), F.log_softmax(b / temperature, dim=1)
-    ta, tb = (ls_a.detach(), ls_b.detach()) if detach else (ls_a, ls_b)
-    kl_ba = F.kl_div(ls_a, tb, reduction="batchmean", log_target=True)  # KL(q_b ‖ p_a)
-    kl_ab = F.kl_div(ls_b, ta, reduction="batchmean", log_target=True)  # KL(q_a ‖ p_b)
-    return (temperature * temperature) * (kl_ba + kl_ab)
+             detach: bool = True, variant: str = "paper") -> torch.Tensor:
+    """Symmetric KL between the two views' softened predictions, q = p = softmax(z/T).
+
+    paper: T²·[KL(q_b ‖ p_a) + KL(q_a ‖ p_b)], summed over classes, mean over the batch.
+    code:  the same without T² and averaged over the K classes too (PyTorch's element-wise
+           'mean' KLDivLoss of the only public, unofficial code): the paper form / (K·T²).
+    With ``detach`` each direction's target is a constant (each view distils into the other, as
+    a teacher's prediction in KD); without, it is the plain symmetric KL."""
+    kw = dict(detach_target=detach, t_squared=variant == "paper")
+    kl = tempered_kl(logits_a, logits_b, temperature, **kw) + tempered_kl(logits_b, logits_a, temperature, **kw)
+    if variant == "code":
+        return kl / logits_a.shape[1]
+    if variant != "paper":
+        raise ValueError(f"variant must be 'paper' or 'code', got {variant!r}")
+    return kl
 
 
 def linear_mmd(f_a: torch.Tensor, f_b: torch.Tensor) -> torch.Tensor:
     """Squared MMD with a linear kernel between two batches of features (B×D):
     ‖mean_i f_a,i − mean_i f_b,i‖². Both sides receive gradient."""
-    a, b = _common(f_a.flatten(1), f_b.flatten(1))
+    a, b = upcast(f_a.flatten(1), f_b.flatten(1))
     diff = a.mean(dim=0) - b.mean(dim=0)
     return (diff * diff).sum()
+
+
+def logit_mse(logits_a: torch.Tensor, logits_b: torch.Tensor) -> torch.Tensor:
+    """mean_{i,k} (z_a,ik − z_b,ik)²: the "MMD" term of the unofficial DDGSD code (variant
+    ``code``), an element-wise MSE of the two views' logits; both sides receive gradient."""
+    a, b = upcast(logits_a, logits_b)
+    return (a - b).pow(2).mean()
 
 
 def ddgsd_loss(logits_a: torch.Tensor, logits_b: torch.Tensor, labels: torch.Tensor,
                emb_a: Optional[torch.Tensor] = None, emb_b: Optional[torch.Tensor] = None,
                temperature: float = 3.0, lam: float = 1.0, mmd: float = 5e-4,
-               detach: bool = True) -> torch.Tensor:
-    """CE on both views + λ·ddgsd_kl + μ·linear_mmd(embeddings) (μ term skipped when 0)."""
-    loss = F.cross_entropy(upcast(logits_a), labels) + F.cross_entropy(upcast(logits_b), labels)
-    loss = loss + lam * ddgsd_kl(logits_a, logits_b, temperature, detach)
+               detach: bool = True, variant: str = "paper") -> torch.Tensor:
+    """CE on both views + λ·ddgsd_kl + μ·(linear_mmd of the embeddings (paper) or logit_mse
+    (code)); the μ term is skipped when μ = 0."""
+    loss = cross_entropy(logits_a, labels) + cross_entropy(logits_b, labels)
+    loss = loss + lam * ddgsd_kl(logits_a, logits_b, temperature, detach, variant)
     if mmd:
-        loss = loss + mmd * linear_mmd(emb_a, emb_b)
+        feat = linear_mmd(emb_a, emb_b) if variant == "paper" else logit_mse(logits_a, logits_b)
+        loss = loss + mmd * feat
     return loss
 
 
@@ -320,6 +308,9 @@ class DDGSD(Method):
                  (default 0.0005; 0 removes the feature-level term, as the OLS paper does for its
                  comparison).
     detach:      each view's prediction is a constant target for the other (default true).
+    variant:     paper (default: T²·KL summed over classes, linear MMD of the embeddings) |
+                 code (the only public code, unofficial: KL averaged over classes without T²,
+                 the μ term an MSE of the two views' logits; its KL is K·T² times weaker).
 
     One forward over [view 0; view 1] (BatchNorm sees both views). ``out`` is view 0's output
     (``batch.x``), view 1's is ``out.aux["view1"]``, both with gradient. Logged terms: ``ce``
@@ -328,28 +319,27 @@ class DDGSD(Method):
 
     requires = Requires(views=2)
 
-    def __init__(self, num_classes: int, temperature: float = 3.0, lam: float = 1.0,
-                 mmd: float = 5e-4, detach: bool = True):
+    def __init__(self, num_classes: int, temperature: Annotated[float, Range(0.0, low_open=True)] = 3.0,
+                 lam: Annotated[float, Range(0.0)] = 1.0, mmd: Annotated[float, Range(0.0)] = 5e-4,
+                 detach: bool = True, variant: Literal["paper", "code"] = "paper"):
         super().__init__(num_classes)
-        self.temperature = option_number("temperature", temperature, 0.0, strict=True)
-        self.lam = option_number("lam", lam, 0.0, strict=False)
-        self.mmd = option_number("mmd", mmd, 0.0, strict=False)
-        if not isinstance(detach, bool):
-            raise ConfigError(f"method.options.detach: expected true or false, got {detach!r}")
-        self.detach = detach
+        self.temperature, self.lam, self.mmd = temperature, lam, mmd
+        self.detach, self.variant = detach, variant
 
     def forward_batch(self, net, batch, features: bool):
-        second = _need(batch, "view1", "ddgsd")
+        second = need_extra(batch, "view1", "ddgsd")
         out = net(torch.cat([batch.x, second]), return_features=features)
         first, other = _split_keep_grad(out, batch.x.shape[0])
         first.aux["view1"] = other
         return first
 
-    def loss(self, out, batch, teachers=()) -> Dict[str, torch.Tensor]:
-        other = out.aux["view1"]
-        terms = {"ce": F.cross_entropy(upcast(out.logits), batch.y),
-                 "ce_view1": F.cross_entropy(upcast(other.logits), batch.y),
-                 "kl": self.lam * ddgsd_kl(out.logits, other.logits, self.temperature, self.detach)}
+    def loss(self, out: ModelOutput, batch: Batch, teachers: Sequence[ModelOutput] = ()) -> Dict[str, torch.Tensor]:
+        other = need_aux(out, "view1", "ddgsd")
+        terms = {"ce": cross_entropy(out.logits, batch.y),
+                 "ce_view1": cross_entropy(other.logits, batch.y),
+                 "kl": self.lam * ddgsd_kl(out.logits, other.logits, self.temperature, self.detach, self.variant)}
         if self.mmd:
-            terms["mmd"] = self.mmd * linear_mmd(out.embedding, other.embedding)
+            feat = (linear_mmd(out.embedding, other.embedding) if self.variant == "paper"
+                    else logit_mse(out.logits, other.logits))
+            terms["mmd"] = self.mmd * feat
         return terms

@@ -8,15 +8,26 @@ the optimiser gets them through ``parameters()``.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence
+import functools
+import inspect
+import typing
+from dataclasses import dataclass, replace
+from typing import Dict, List, Literal, Optional, Sequence
 
 import torch
 from torch import nn
 
 from ..config import MethodConfig
-from ..errors import ConfigError
-from ..registry import METHODS
+from ..errors import ConfigError, MissingInputError
+from ..models.base import ModelOutput
+from ..registry import METHODS, check_value, option_hints
+
+from ..data.base import Batch
+
+#: How a method's frozen teachers run: ``eval`` (BatchNorm on running statistics, no dropout)
+#: or ``train`` (BatchNorm on the batch's statistics, as the channel-distillation and Label
+#: Refinery code do). Declared by every teacher-based method as its ``teacher_mode`` option.
+TeacherMode = Literal["eval", "train"]
 
 
 @dataclass(frozen=True)
@@ -34,6 +45,9 @@ class Requires:
     clean:    an un-augmented copy of each sample in ``batch.extra["clean_x"]``.
     uses_teachers: accepts any number of teachers and uses those it is given (an orthogonal
               ensemble member); ``compare`` then supplies its per-seed teacher.
+    teacher_mode: ``eval`` or ``train``: the mode the trainer runs the teachers in (the
+              method's ``teacher_mode`` option; in ``train`` mode the trainer runs a private
+              copy of each teacher, so BatchNorm statistics updates never reach the original).
     """
 
     teachers: int = 0
@@ -43,10 +57,20 @@ class Requires:
     views: int = 1
     clean: bool = False
     uses_teachers: bool = False
+    teacher_mode: str = "eval"
+
+    @property
+    def has_teachers(self) -> bool:
+        return self.teachers > 0 or self.uses_teachers
 
     def merge(self, other: "Requires") -> "Requires":
         if self.pairs and other.pairs and self.pairs_include_self != other.pairs_include_self:
             raise ConfigError("method.name: the combined methods need different class-pair samplers")
+        if self.has_teachers and other.has_teachers and self.teacher_mode != other.teacher_mode:
+            raise ConfigError("method.options.teacher_mode: the combined methods run their shared teachers "
+                              f"in different modes ({self.teacher_mode} and {other.teacher_mode}); "
+                              "give them the same teacher_mode")
+        mode = self.teacher_mode if self.has_teachers else other.teacher_mode
         return Requires(
             teachers=max(self.teachers, other.teachers),
             features=self.features or other.features,
@@ -55,7 +79,78 @@ class Requires:
             views=max(self.views, other.views),
             clean=self.clean or other.clean,
             uses_teachers=self.uses_teachers or other.uses_teachers,
+            teacher_mode=mode,
         )
+
+    def with_teacher_mode(self, mode: str) -> "Requires":
+        return replace(self, teacher_mode=mode)
+
+
+def need_teacher(teachers: Sequence[ModelOutput], method: str, count: int = 1) -> Sequence[ModelOutput]:
+    """The first ``count`` teacher outputs, or a MissingInputError naming the method."""
+    if len(teachers) < count:
+        raise MissingInputError(f"method {method} needs the outputs of {count} teacher model(s), got "
+                                f"{len(teachers)}; run it through a pipeline stage or `compare`, "
+                                f"which supply them")
+    return teachers[:count]
+
+
+def need_features(out: ModelOutput, method: str) -> List[torch.Tensor]:
+    """``out.features`` (the stage maps), or a MissingInputError naming the method."""
+    if out.features is None:
+        raise MissingInputError(f"method {method} needs the stage feature maps "
+                                f"(forward with return_features=True)")
+    return out.features
+
+
+def need_extra(batch: Batch, key: str, method: str) -> torch.Tensor:
+    """``batch.extra[key]`` (a view, a class partner, a clean copy, mixing draws), or a
+    MissingInputError naming the method."""
+    try:
+        return batch.extra[key]
+    except KeyError:
+        raise MissingInputError(
+            f"method {method}: the batch has no {key!r}; it is set by the method's own forward pass "
+            f"(forward_batch) or by the loader when the method's requires asks for it") from None
+
+
+def need_aux(out: ModelOutput, key: str, method: str) -> ModelOutput:
+    """``out.aux[key]`` (set by the method's own forward), or a MissingInputError."""
+    try:
+        return out.aux[key]
+    except KeyError:
+        raise MissingInputError(f"method {method}: the output has no {key!r}; it is set by the "
+                                f"method's own forward pass (forward_batch)") from None
+
+
+def need_setup(module, method: str, what: str):
+    """A module built in ``setup``/``adapt_model``, or a MissingInputError saying to call it."""
+    if module is None:
+        raise MissingInputError(f"method {method}: {what} is built in setup(model, teachers) / "
+                                f"adapt_model(model); call it before the loss")
+    return module
+
+
+def _checked_init(init):
+    """Wrap a Method's ``__init__`` so that the options declared in its signature (type and
+    ``Range``) are checked however the method is built: by the registry from a config, or
+    directly in Python. One mechanism: ``registry.check_value``."""
+    sig = inspect.signature(init)
+    hints: Dict[str, object] = {}
+
+    @functools.wraps(init)
+    def checked(self, *args, **kwargs):
+        if not hints:
+            hints.update(option_hints(init) or {"": None})
+        bound = sig.bind(self, *args, **kwargs)
+        for name, value in list(bound.arguments.items()):
+            if name in ("self", "num_classes") or name not in hints:
+                continue
+            bound.arguments[name] = check_value(name, value, hints[name], "method.options")
+        init(*bound.args, **bound.kwargs)
+
+    checked._checks_options = True
+    return checked
 
 
 class Method(nn.Module):
@@ -66,6 +161,12 @@ class Method(nn.Module):
 
     requires = Requires()
     needs_model_forward = False
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        init = cls.__dict__.get("__init__")
+        if init is not None and not getattr(init, "_checks_options", False):
+            cls.__init__ = _checked_init(init)
 
     def __init__(self, num_classes: int):
         super().__init__()
@@ -89,7 +190,8 @@ class Method(nn.Module):
         ``out.aux``. Only one method of a sum may customise the forward."""
         return None
 
-    def loss(self, out, batch, teachers: Sequence = ()) -> Dict[str, torch.Tensor]:
+    def loss(self, out: ModelOutput, batch: Batch,
+             teachers: Sequence[ModelOutput] = ()) -> Dict[str, torch.Tensor]:
         """Named, already-weighted loss terms; the trainer optimises their sum.
 
         ``out`` is the model's output on ``batch.x`` (plus ``out.aux`` from ``forward_batch``);
@@ -136,7 +238,8 @@ class Objective(nn.Module):
     def name(self) -> str:
         return "+".join(self.methods.keys())
 
-    def loss(self, out, batch, teachers: Sequence = ()) -> Dict[str, torch.Tensor]:
+    def loss(self, out: ModelOutput, batch: Batch,
+             teachers: Sequence[ModelOutput] = ()) -> Dict[str, torch.Tensor]:
         if len(self.methods) == 1:
             (method,) = self.methods.values()
             terms = method.loss(out, batch, teachers)
@@ -175,21 +278,6 @@ class Objective(nn.Module):
     def on_epoch_end(self, epoch: int) -> None:
         for m in self.methods.values():
             m.on_epoch_end(epoch)
-
-
-def option_number(key: str, value, lowest: float, strict: bool) -> float:
-    """A finite real number above ``lowest`` (``strict``) or at least it, as float; otherwise a
-    one-line ConfigError naming ``method.options.<key>``. For options checked at construction,
-    also when a Method is built directly in Python rather than from a config."""
-    import math
-
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    if ok:
-        ok = value > lowest if strict else value >= lowest
-    if not ok:
-        raise ConfigError(f"method.options.{key}: expected a number {'>' if strict else '>='} "
-                          f"{lowest:g}, got {value!r}")
-    return float(value)
 
 
 def method_option_sets(cfg: MethodConfig) -> Dict[str, dict]:

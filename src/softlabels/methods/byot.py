@@ -20,21 +20,27 @@ convolution pair: depthwise 3×3 (stride 2) → pointwise 1×1 → BN → ReLU �
 pointwise 1×1 → BN → ReLU, as in the authors' released ResNet code. A 3×3 stride-2 padding-1
 convolution maps n to ceil(n/2), exactly as the stride-2 convolutions between ResNet stages do,
 so F_i has the deepest map's shape for any input size.
+
+Variant ``official`` (the first author's released code, ArchipLab-LinfengZhang/
+pytorch-self-distillation-final, train.py): the KD term is the soft cross-entropy
+−Σ softmax(z_C/T)·log softmax(z_i/T) without T² (the paper form's T² makes it 9× larger at
+T = 3), and the hint is ‖A_i(GAP(F_i)) − GAP(F_C)‖₂, the unsquared L2 distance over the whole
+batch between a linear adaptation A_i of the pooled bottleneck feature and the deepest pooled
+feature, left out for the shallowest classifier.
 """
 from __future__ import annotations
 
-import math
-from typing import Dict, List, Literal, Optional, Sequence
+from typing import Annotated, Dict, List, Literal, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import ConfigError
-from ..registry import METHODS
-from .base import Method, Requires
-from .ce import upcast
-from .kd import kd_kl
+from ..errors import ConfigError, MissingInputError
+from ..models.base import ModelOutput
+from ..registry import METHODS, Range
+from .base import Batch, Method, Requires, need_features, need_setup
+from .functional import cross_entropy, soft_cross_entropy, tempered_kl, upcast
 
 BYOT_REFERENCE = ("Zhang, Song, Gao, Chen, Bao, Ma, Be Your Own Teacher: Improve the Performance of "
                   "Convolutional Neural Networks via Self Distillation, ICCV 2019")
@@ -119,11 +125,8 @@ def byot_classifier_loss(logits: torch.Tensor, deep_logits: torch.Tensor, labels
     α·T²·KL(softmax(z_C/T) ‖ softmax(z_i/T)) (without T² when ``t_squared`` is false) and
     ``hint`` = λ·‖F_i − F_C‖² (only when both feature maps are given). The deepest classifier's
     logits and map are constants."""
-    t = temperature
-    kl = kd_kl(logits, deep_logits, t)
-    if not t_squared:
-        kl = kl / (t * t)
-    terms = {"ce": (1 - alpha) * F.cross_entropy(upcast(logits), labels), "kl": alpha * kl}
+    kl = tempered_kl(logits, deep_logits, temperature, t_squared=t_squared)   # §3.2 loss source 2
+    terms = {"ce": (1 - alpha) * cross_entropy(logits, labels), "kl": alpha * kl}  # loss source 1
     if feature is not None and deep_feature is not None:
         terms["hint"] = lam * byot_hint(feature, deep_feature, hint_reduction)
     return terms
@@ -142,7 +145,7 @@ def byot_loss(shallow_logits: Sequence[torch.Tensor], deep_logits: torch.Tensor,
     if shallow_features is not None and len(shallow_features) != len(shallow_logits):
         raise ValueError(f"byot_loss: {len(shallow_logits)} shallow classifiers but "
                          f"{len(shallow_features)} bottleneck outputs")
-    out = {"ce": F.cross_entropy(upcast(deep_logits), labels)}
+    out = {"ce": cross_entropy(deep_logits, labels)}
     sums: Dict[str, torch.Tensor] = {}
     for i, z in enumerate(shallow_logits):
         f = None if shallow_features is None else shallow_features[i]
@@ -152,6 +155,27 @@ def byot_loss(shallow_logits: Sequence[torch.Tensor], deep_logits: torch.Tensor,
     if "ce" in sums:
         out["aux_ce"] = sums.pop("ce")
     out.update(sums)
+    return out
+
+
+def byot_official_loss(shallow_logits: Sequence[torch.Tensor], deep_logits: torch.Tensor, labels: torch.Tensor,
+                       adapted: Optional[Sequence[Optional[torch.Tensor]]] = None,
+                       deep_pooled: Optional[torch.Tensor] = None, temperature: float = DEFAULT_TEMPERATURE,
+                       alpha: float = DEFAULT_ALPHA, lam: float = DEFAULT_LAMBDA) -> Dict[str, torch.Tensor]:
+    """The first author's released code's objective (variant ``official``) as named terms:
+    ``ce`` = CE(z_C, y); ``aux_ce`` = Σ_i (1−α)·CE(z_i, y); ``kl`` = Σ_i α·(−Σ_k
+    softmax(z_C/T)_k·log softmax(z_i/T)_k), batch mean, no T²; ``hint`` = Σ_i λ·‖a_i − f_C‖₂
+    over the given adapted pooled features ``adapted`` (None entries skipped: the shallowest
+    classifier has none) against the deepest pooled feature ``deep_pooled`` (a constant)."""
+    out = {"ce": cross_entropy(deep_logits, labels)}
+    target = torch.softmax(upcast(deep_logits.detach()) / temperature, dim=1)
+    out["aux_ce"] = sum((1 - alpha) * cross_entropy(z, labels) for z in shallow_logits)
+    out["kl"] = sum(alpha * soft_cross_entropy(upcast(z) / temperature, target) for z in shallow_logits)
+    if adapted is not None and deep_pooled is not None:
+        hints = [torch.linalg.vector_norm(upcast(a) - upcast(deep_pooled.detach()).to(upcast(a).dtype))
+                 for a in adapted if a is not None]
+        if hints:
+            out["hint"] = lam * sum(hints)
     return out
 
 
@@ -176,28 +200,27 @@ class BeYourOwnTeacher(Method):
     the method, never part of the model).
 
     Options: ``temperature`` T (3), ``alpha`` α (0.3), ``lam`` λ (0.03): the authors' released
-    code's defaults. ``t_squared`` (true) multiplies the KL by T²; ``hint_reduction`` sum | mean
-    (sum: the paper's squared L2 norm per sample). Logged terms: ``ce`` (deepest), ``aux_ce``,
-    ``kl``, ``hint`` (summed over the shallow classifiers; a term whose weight is 0 is left out).
+    code's defaults. ``variant`` paper (default: the equations of §3.2, KL with T², squared
+    L2 hint on the bottleneck maps) | official (the released code: soft CE without T², unsquared
+    L2 hint on linearly adapted pooled features, none for the shallowest classifier; module
+    docstring). Paper variant only: ``t_squared`` (true) multiplies the KL by T²;
+    ``hint_reduction`` sum | mean (sum: the paper's squared L2 norm per sample). Logged terms:
+    ``ce`` (deepest), ``aux_ce``, ``kl``, ``hint`` (summed over the shallow classifiers; a term
+    whose weight is 0 is left out).
     """
 
     requires = Requires(features=True)
 
-    def __init__(self, num_classes: int, temperature: float = DEFAULT_TEMPERATURE, alpha: float = DEFAULT_ALPHA,
-                 lam: float = DEFAULT_LAMBDA, t_squared: bool = True,
-                 hint_reduction: Literal["sum", "mean"] = "sum"):
+    def __init__(self, num_classes: int, temperature: Annotated[float, Range(0.0, low_open=True)] = DEFAULT_TEMPERATURE,
+                 alpha: Annotated[float, Range(0.0, 1.0)] = DEFAULT_ALPHA,
+                 lam: Annotated[float, Range(0.0)] = DEFAULT_LAMBDA, t_squared: bool = True,
+                 hint_reduction: Literal["sum", "mean"] = "sum",
+                 variant: Literal["paper", "official"] = "paper"):
         super().__init__(num_classes)
-        if not (math.isfinite(temperature) and temperature > 0):
-            raise ConfigError(f"method.options.temperature: expected a value > 0, got {temperature}")
-        if not 0.0 <= alpha <= 1.0:
-            raise ConfigError(f"method.options.alpha: expected 0 <= alpha <= 1, got {alpha}")
-        if not (math.isfinite(lam) and lam >= 0):
-            raise ConfigError(f"method.options.lam: expected a finite value >= 0, got {lam}")
-        if hint_reduction not in ("sum", "mean"):
-            raise ConfigError(f"method.options.hint_reduction: expected 'sum' or 'mean', got {hint_reduction!r}")
-        self.temperature, self.alpha, self.lam = float(temperature), float(alpha), float(lam)
-        self.t_squared, self.hint_reduction = bool(t_squared), hint_reduction
+        self.temperature, self.alpha, self.lam = temperature, alpha, lam
+        self.t_squared, self.hint_reduction, self.variant = t_squared, hint_reduction, variant
         self.aux: Optional[nn.ModuleList] = None
+        self.adapters: Optional[nn.ModuleList] = None
 
     def setup(self, model, teachers=()) -> None:
         channels = tuple(int(c) for c in getattr(model, "stage_channels", ()))
@@ -206,19 +229,22 @@ class BeYourOwnTeacher(Method):
                 f"model.name: byot builds its auxiliary classifiers for the stage maps of the ResNet "
                 f"families ({SUPPORTED}), not for a {type(model).__name__}")
         self.aux = make_byot_heads(channels, self.num_classes)
+        if self.variant == "official":  # one linear adaptation per shallow classifier but the shallowest
+            self.adapters = nn.ModuleList(nn.Linear(channels[-1], channels[-1]) for _ in channels[2:])
         # a rebuilt model may already live on an accelerator; the heads follow it
         p = next(model.parameters(), None)
         if p is not None:
             self.aux.to(p.device)
+            if self.adapters is not None:
+                self.adapters.to(p.device)
 
     def auxiliary_outputs(self, features: Sequence[torch.Tensor]):
         """(bottleneck outputs, logits) of the auxiliary classifiers on the shallow stage maps."""
-        if self.aux is None:
-            raise RuntimeError("byot: the auxiliary classifiers are built in setup(model); call it before training")
-        if features is None or len(features) != len(self.aux) + 1:
+        aux = need_setup(self.aux, "byot", "the auxiliary classifiers")
+        if features is None or len(features) != len(aux) + 1:
             got = "none" if features is None else len(features)
-            raise ValueError(f"byot: expected {len(self.aux) + 1} stage feature maps "
-                             f"(forward with return_features=True), got {got}")
+            raise MissingInputError(f"method byot: expected {len(aux) + 1} stage feature maps "
+                                    f"(forward with return_features=True), got {got}")
         feats: List[torch.Tensor] = []
         logits: List[torch.Tensor] = []
         for head, x in zip(self.aux, features[:-1]):
@@ -227,12 +253,22 @@ class BeYourOwnTeacher(Method):
             logits.append(z)
         return feats, logits
 
-    def loss(self, out, batch, teachers=()):
-        feats, logits = self.auxiliary_outputs(out.features)
+    def loss(self, out: ModelOutput, batch: Batch, teachers: Sequence[ModelOutput] = ()) -> Dict[str, torch.Tensor]:
+        features = need_features(out, "byot")
+        feats, logits = self.auxiliary_outputs(features)
         use_hint = self.lam > 0
-        terms = byot_loss(logits, out.logits, batch.y, feats if use_hint else None,
-                          out.features[-1] if use_hint else None, self.temperature, self.alpha, self.lam,
-                          self.t_squared, self.hint_reduction)
+        if self.variant == "official":
+            adapters = need_setup(self.adapters, "byot", "the official variant's adaptation layers")
+            pooled = [torch.flatten(F.adaptive_avg_pool2d(f, 1), 1) for f in feats]
+            # shallow → deep: the shallowest classifier (index 0) gets no hint
+            adapted = [None] + [a(p) for a, p in zip(adapters, pooled[1:])] if use_hint else None
+            deep = torch.flatten(F.adaptive_avg_pool2d(features[-1], 1), 1)
+            terms = byot_official_loss(logits, out.logits, batch.y, adapted, deep, self.temperature,
+                                       self.alpha, self.lam)
+        else:
+            terms = byot_loss(logits, out.logits, batch.y, feats if use_hint else None,
+                              features[-1] if use_hint else None, self.temperature, self.alpha, self.lam,
+                              self.t_squared, self.hint_reduction)
         if self.alpha >= 1.0:
             terms.pop("aux_ce", None)
         if self.alpha <= 0.0:

@@ -43,16 +43,17 @@ backbone only, not to the two branches; here ``optim.weight_decay`` applies to t
 from __future__ import annotations
 
 import math
-from typing import Dict, Literal, Optional
+from typing import Annotated, Dict, Literal, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError
-from ..registry import METHODS
-from .base import Method, option_number
-from .ce import upcast
+from ..models.base import ModelOutput
+from ..registry import METHODS, Range
+from .base import Batch, Method, need_setup
+from .functional import cross_entropy, upcast
 from .heads import _keep, linear_head
 
 DROPMAX_REFERENCE = ("Lee, Lee, Kim, Yang, Hwang, DropMax: Adaptive Variational Softmax, NeurIPS 2018 "
@@ -109,7 +110,7 @@ def dropmax_ce(logits: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor,
     """Masked-softmax CE ``−log[(z_y + ε)·exp(o_y) / Σ_k (z_k + ε)·exp(o_k)]`` for a given mask z
     (batch mean). The mask is taken as it is (DropMax's masks have z_y = 1)."""
     o, z = upcast(logits), upcast(mask)
-    return F.cross_entropy(o + _log_plus_eps(torch.log(z), eps), labels)
+    return cross_entropy(o + _log_plus_eps(torch.log(z), eps), labels)
 
 
 def dropmax_kl(retain_logits: torch.Tensor, q_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -163,7 +164,7 @@ def dropmax_loss(logits: torch.Tensor, retain_logits: torch.Tensor, posterior_lo
     if mask is None:
         log_z = F.logsigmoid(_concrete_logits(a_q, temperature, generator))
         log_z = log_z.scatter(1, labels[:, None], 0.0)  # the target is never dropped: z_y = 1
-        ce = F.cross_entropy(o + _log_plus_eps(log_z, eps), labels)
+        ce = cross_entropy(o + _log_plus_eps(log_z, eps), labels)
     else:
         ce = dropmax_ce(o, mask.detach(), labels, eps)
     return {
@@ -226,18 +227,15 @@ class DropMax(Method):
     model's own forward does). Logged terms: ``ce``, ``kl``, ``aux``, ``neg_ent``.
     """
 
-    def __init__(self, num_classes: int, temperature: float = DEFAULT_TEMPERATURE, eps: float = DEFAULT_EPS,
-                 kl_weight: float = 1.0, aux_weight: float = 1.0, entropy_weight: float = 1.0,
+    def __init__(self, num_classes: int,
+                 temperature: Annotated[float, Range(0.0, low_open=True)] = DEFAULT_TEMPERATURE,
+                 eps: Annotated[float, Range(0.0, low_open=True)] = DEFAULT_EPS,
+                 kl_weight: Annotated[float, Range(0.0)] = 1.0, aux_weight: Annotated[float, Range(0.0)] = 1.0,
+                 entropy_weight: Annotated[float, Range(0.0)] = 1.0,
                  posterior: Literal["residual", "direct"] = "residual"):
         super().__init__(num_classes)
-        self.temperature = option_number("temperature", temperature, 0.0, strict=True)
-        self.eps = option_number("eps", eps, 0.0, strict=True)
-        self.kl_weight = option_number("kl_weight", kl_weight, 0.0, strict=False)
-        self.aux_weight = option_number("aux_weight", aux_weight, 0.0, strict=False)
-        self.entropy_weight = option_number("entropy_weight", entropy_weight, 0.0, strict=False)
-        if posterior not in POSTERIORS:
-            raise ConfigError(f"method.options.posterior: expected one of "
-                              f"{', '.join(repr(p) for p in POSTERIORS)}, got {posterior!r}")
+        self.temperature, self.eps = temperature, eps
+        self.kl_weight, self.aux_weight, self.entropy_weight = kl_weight, aux_weight, entropy_weight
         self.posterior = posterior
         _keep(self, None, "_head")
         _keep(self, None, "_pre_head")
@@ -258,10 +256,8 @@ class DropMax(Method):
         pre = getattr(model, "dropout", None)
         _keep(self, pre if isinstance(pre, nn.Module) else None, "_pre_head")
 
-    def loss(self, out, batch, teachers=()) -> Dict[str, torch.Tensor]:
-        head = self._head
-        if head is None:
-            raise RuntimeError("dropmax: adapt_model(model) must be called before loss()")
+    def loss(self, out: ModelOutput, batch: Batch, teachers: Sequence[ModelOutput] = ()) -> Dict[str, torch.Tensor]:
+        head = need_setup(self._head, "dropmax", "the DropMax head")
         h = out.embedding if self._pre_head is None else self._pre_head(out.embedding)
         o, a_rho, a_r = head.branches(h)
         return dropmax_loss(o, a_rho, a_r, batch.y, temperature=self.temperature, eps=self.eps,

@@ -23,16 +23,16 @@ Variants (see docs/methods.md):
 """
 # No ``from __future__ import annotations`` here: the registry checks option types against the
 # constructor's annotations, and string annotations would disable that check.
-import math
-from typing import Dict, Literal, Optional
+from typing import Annotated, Dict, Literal, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 
-from ..errors import ConfigError, SoftlabelsError
-from ..registry import METHODS
-from .base import Method, Requires
-from .ce import upcast
+from ..errors import ConfigError
+from ..models.base import ModelOutput
+from ..registry import METHODS, Range
+from .base import Batch, Method, Requires, TeacherMode, need_teacher
+from .functional import cross_entropy, entropy, soft_cross_entropy, upcast
 
 VARIANTS = ("paper", "official")
 OFFICIAL_SMOOTHING = 0.1  # official code: L_cls against 0.9·Y + 0.1/K
@@ -78,15 +78,6 @@ def reweighted_log_probs(logits: torch.Tensor, baseline_logits: torch.Tensor,
     return F.log_softmax(z + d, dim=1)
 
 
-def _hard_or_smoothed_ce(log_probs: torch.Tensor, labels: torch.Tensor, smoothing: float) -> torch.Tensor:
-    """mean_i −Σ_k t_ik log_probs_ik with t = (1−ε)·Y + ε/K (ε = 0: the one-hot label)."""
-    nll = -log_probs.gather(1, labels[:, None]).squeeze(1)
-    if smoothing == 0.0:
-        return nll.mean()
-    uniform = -log_probs.mean(dim=1)  # −Σ_k (1/K) log_probs_k
-    return ((1.0 - smoothing) * nll + smoothing * uniform).mean()
-
-
 def focus_picking_loss(logits: torch.Tensor, baseline_logits: torch.Tensor, labels: torch.Tensor,
                        alpha: float = 1.0, beta: float = 1.0, variant: str = "paper",
                        detach: bool = False, reweight: bool = True,
@@ -114,21 +105,11 @@ def focus_picking_loss(logits: torch.Tensor, baseline_logits: torch.Tensor, labe
         log_yhat = reweighted_log_probs(zc, bc, detach=detach)
     else:
         log_yhat = F.log_softmax(zc, dim=1)
-    cls = _hard_or_smoothed_ce(log_yhat, labels, smoothing)
-
-    target = multi_warm_labels(bc, labels, variant)
-    att = -(target * F.log_softmax(zc, dim=1)).sum(dim=1).mean()
-
-    log_p = F.log_softmax(z, dim=1)
-    ent = -(log_p.exp() * log_p).sum(dim=1).mean()
-    return {"cls": cls, "att": alpha * att, "ent": -beta * ent}
-
-
-def _finite_nonneg(name: str, value: float) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ConfigError(f"method.options.{name}: expected a number, got {value!r}")
-    if not (math.isfinite(value) and value >= 0.0):
-        raise ConfigError(f"method.options.{name}: expected a finite number >= 0, got {value}")
+    # log ŷ are log-probabilities; CE on them equals CE on the logits z + d (log_softmax is idempotent)
+    cls = cross_entropy(log_yhat, labels, label_smoothing=smoothing)          # Eq. 9: L_cls = CE(Y, ŷ)
+    att = soft_cross_entropy(zc, multi_warm_labels(bc, labels, variant))       # Eq. 10: R_att = CE(l, p)
+    ent = entropy(z).mean()                                                     # Eq. 11: R_ent = H(p)
+    return {"cls": cls, "att": alpha * att, "ent": -beta * ent}                 # Eq. 12
 
 
 @METHODS.register("focusnet", "FocusNet focus-picking loss: re-weighted CE against a frozen baseline, "
@@ -145,6 +126,7 @@ class FocusNet(Method):
     use_ent:      keep −β·R_ent (Table 10 ablation).
     use_reweight: L_cls on ŷ(z, d); false = plain CE(Y, softmax(z)) (Table 10's baseline row).
     smoothing:    ε of L_cls's target (1−ε)·Y + ε/K; null = the variant's (paper 0, official 0.1).
+    teacher_mode: eval (default; the authors' code also runs the baseline in eval mode) | train.
 
     Needs one teacher: the frozen, CE-trained baseline. Logged terms: ``cls``, ``att``, ``ent``
     (the switched-off ones are absent).
@@ -152,40 +134,25 @@ class FocusNet(Method):
 
     requires = Requires(teachers=1)
 
-    def __init__(self, num_classes: int, alpha: float = 1.0, beta: float = 1.0,
+    def __init__(self, num_classes: int, alpha: Annotated[float, Range(0.0)] = 1.0,
+                 beta: Annotated[float, Range(0.0)] = 1.0,
                  variant: Literal["paper", "official"] = "paper", detach: bool = False,
                  use_att: bool = True, use_ent: bool = True, use_reweight: bool = True,
-                 smoothing: Optional[float] = None):
+                 smoothing: Optional[Annotated[float, Range(0.0, 1.0, high_open=True)]] = None,
+                 teacher_mode: TeacherMode = "eval"):
         super().__init__(num_classes)
-        if variant not in VARIANTS:
-            raise ConfigError(f"method.options.variant: expected one of {', '.join(VARIANTS)}, got {variant!r}")
-        for key, value in (("detach", detach), ("use_att", use_att), ("use_ent", use_ent),
-                           ("use_reweight", use_reweight)):
-            if not isinstance(value, bool):
-                raise ConfigError(f"method.options.{key}: expected true or false, got {value!r}")
-        _finite_nonneg("alpha", alpha)
-        _finite_nonneg("beta", beta)
-        if smoothing is not None and (isinstance(smoothing, bool) or not isinstance(smoothing, (int, float))
-                                      or not 0.0 <= smoothing < 1.0):
-            raise ConfigError(f"method.options.smoothing: expected 0 <= smoothing < 1, got {smoothing}")
         if detach and not use_reweight:
             raise ConfigError("method.options.detach: has no effect with use_reweight=false (d is not used)")
-        self.alpha = float(alpha)
-        self.beta = float(beta)
-        self.variant = variant
-        self.detach = detach
-        self.use_att = use_att
-        self.use_ent = use_ent
-        self.use_reweight = use_reweight
+        self.alpha, self.beta, self.variant, self.detach = alpha, beta, variant, detach
+        self.use_att, self.use_ent, self.use_reweight = use_att, use_ent, use_reweight
         self.smoothing = smoothing
+        self.requires = Requires(teachers=1, teacher_mode=teacher_mode)
 
-    def loss(self, out, batch, teachers=()):
-        if len(teachers) < 1:
-            raise SoftlabelsError("method focusnet needs the baseline's outputs (one teacher)")
-        baseline = teachers[0].logits
+    def loss(self, out: ModelOutput, batch: Batch, teachers: Sequence[ModelOutput] = ()) -> Dict[str, torch.Tensor]:
+        baseline = need_teacher(teachers, "focusnet")[0].logits
         if baseline.shape != out.logits.shape:
-            raise SoftlabelsError(
-                f"method focusnet: the baseline predicts {baseline.shape[-1]} classes, "
+            raise ConfigError(
+                f"model.name: focusnet's baseline predicts {baseline.shape[-1]} classes, "
                 f"the model {out.logits.shape[-1]}")
         terms = focus_picking_loss(out.logits, baseline, batch.y, alpha=self.alpha, beta=self.beta,
                                    variant=self.variant, detach=self.detach,

@@ -26,18 +26,18 @@ student's stage shapes); global average pooling + linear classifier on the deepe
 """
 # No ``from __future__ import annotations``: the registry checks option types against the
 # constructor's annotations.
-import math
-from typing import Dict, List, Literal, Optional, Sequence, Tuple
+from typing import Annotated, Dict, List, Literal, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import ConfigError, SoftlabelsError
-from ..registry import METHODS
-from .base import Method, Requires
-from .ce import upcast
-from .focusnet import VARIANTS, focus_picking_loss
+from ..errors import ConfigError
+from ..models.base import ModelOutput
+from ..registry import METHODS, Range
+from .base import Batch, Method, Requires, need_features, need_setup
+from .focusnet import focus_picking_loss
+from .functional import cross_entropy, upcast
 from .kd import kd_kl
 
 FRSKD_REFERENCE = ("Ji, Shin, Hwang, Park, Moon, Refine Myself by Teaching Myself: Feature Refinement "
@@ -203,11 +203,11 @@ def frskd_loss(logits: torch.Tensor, teacher_logits: torch.Tensor,
         raise ValueError(f"frskd_loss: loss must be 'kd' or 'focus', got {loss!r}")
     terms: Dict[str, torch.Tensor] = {}
     if loss == "kd":
-        terms["ce"] = F.cross_entropy(upcast(logits), labels)
+        terms["ce"] = cross_entropy(logits, labels)
     else:
         terms.update(focus_picking_loss(logits, teacher_logits.detach(), labels, alpha=focus_alpha,
                                         beta=focus_beta, variant=focus_variant, detach=focus_detach))
-    terms["teacher_ce"] = F.cross_entropy(upcast(teacher_logits), labels)
+    terms["teacher_ce"] = cross_entropy(teacher_logits, labels)
     if loss == "kd":
         terms["kd"] = alpha * kd_kl(logits, teacher_logits, temperature)
     terms["feat"] = beta * attention_transfer_loss(features, refined)
@@ -215,12 +215,7 @@ def frskd_loss(logits: torch.Tensor, teacher_logits: torch.Tensor,
 
 
 # ---------------------------------------------------------------------------- the method
-def _number(key: str, value, positive: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
-            or value < 0 or (positive and value == 0):
-        raise ConfigError(f"method.options.{key}: expected a finite number {'> 0' if positive else '>= 0'}, "
-                          f"got {value!r}")
-    return float(value)
+Weight = Annotated[float, Range(0.0)]
 
 
 @METHODS.register("frskd", "FRSKD self-knowledge distillation: a BiFPN-like self-teacher on the stage maps "
@@ -245,26 +240,14 @@ class FRSKD(Method):
 
     requires = Requires(features=True)
 
-    def __init__(self, num_classes: int, alpha: float = 2.0, beta: float = 100.0, temperature: float = 4.0,
-                 width: Optional[int] = None, detach_inputs: bool = False,
-                 loss: Literal["kd", "focus"] = "kd", focus_alpha: float = 1.0, focus_beta: float = 1.0,
+    def __init__(self, num_classes: int, alpha: Weight = 2.0, beta: Weight = 100.0,
+                 temperature: Annotated[float, Range(0.0, low_open=True)] = 4.0,
+                 width: Optional[Annotated[int, Range(1)]] = None, detach_inputs: bool = False,
+                 loss: Literal["kd", "focus"] = "kd", focus_alpha: Weight = 1.0, focus_beta: Weight = 1.0,
                  focus_variant: Literal["paper", "official"] = "paper", focus_detach: bool = True):
         super().__init__(num_classes)
-        self.alpha = _number("alpha", alpha)
-        self.beta = _number("beta", beta)
-        self.temperature = _number("temperature", temperature, positive=True)
-        self.focus_alpha = _number("focus_alpha", focus_alpha)
-        self.focus_beta = _number("focus_beta", focus_beta)
-        if width is not None and (isinstance(width, bool) or not isinstance(width, int) or width < 1):
-            raise ConfigError(f"method.options.width: expected an integer >= 1 or null, got {width!r}")
-        for key, value in (("detach_inputs", detach_inputs), ("focus_detach", focus_detach)):
-            if not isinstance(value, bool):
-                raise ConfigError(f"method.options.{key}: expected true or false, got {value!r}")
-        if loss not in ("kd", "focus"):
-            raise ConfigError(f"method.options.loss: expected 'kd' or 'focus', got {loss!r}")
-        if focus_variant not in VARIANTS:
-            raise ConfigError(f"method.options.focus_variant: expected one of {', '.join(VARIANTS)}, "
-                              f"got {focus_variant!r}")
+        self.alpha, self.beta, self.temperature = alpha, beta, temperature
+        self.focus_alpha, self.focus_beta = focus_alpha, focus_beta
         self.width = width
         self.detach_inputs = detach_inputs
         self.loss_kind = loss
@@ -282,17 +265,15 @@ class FRSKD(Method):
 
     def teach(self, features: Sequence[torch.Tensor]) -> Tuple[List[torch.Tensor], torch.Tensor]:
         """The self-teacher on the student's stage maps: ``(refined maps, logits)``."""
-        if self.self_teacher is None:
-            raise RuntimeError("frskd: the self-teacher is built in setup(model); call it before training")
+        teacher = need_setup(self.self_teacher, "frskd", "the self-teacher")
         if self.detach_inputs:
             features = [f.detach() for f in features]
-        return self.self_teacher(features)
+        return teacher(features)
 
-    def loss(self, out, batch, teachers=()):
-        if out.features is None:
-            raise SoftlabelsError("method frskd needs the stage feature maps (forward with return_features=True)")
-        refined, teacher_logits = self.teach(out.features)
-        return frskd_loss(out.logits, teacher_logits, out.features, refined, batch.y,
+    def loss(self, out: ModelOutput, batch: Batch, teachers: Sequence[ModelOutput] = ()) -> Dict[str, torch.Tensor]:
+        features = need_features(out, "frskd")
+        refined, teacher_logits = self.teach(features)
+        return frskd_loss(out.logits, teacher_logits, features, refined, batch.y,
                           alpha=self.alpha, beta=self.beta, temperature=self.temperature,
                           loss=self.loss_kind, focus_alpha=self.focus_alpha, focus_beta=self.focus_beta,
                           focus_variant=self.focus_variant, focus_detach=self.focus_detach)

@@ -18,7 +18,7 @@ K+1 classes with the true label. At evaluation the K ordinary logits are used.
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import Annotated, Dict, Optional, Sequence
 
 import torch
 import torch.distributed as dist
@@ -26,9 +26,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError
-from ..registry import METHODS
-from .base import Method
-from .ce import upcast
+from ..models.base import ModelOutput
+from ..registry import METHODS, Range
+from .base import Batch, Method, need_setup
+from .functional import cross_entropy, upcast
 
 
 # ----------------------------------------------------------------------------------- AdaCos
@@ -133,16 +134,15 @@ class AdaCos(Method):
     ``scale`` (default √2·log(K−1), §4.1 Eq. 14: the fixed scale when ``dynamic`` is False, the
     starting scale otherwise). Logged term: ``ce`` (CE of the rescaled cosine logits)."""
 
-    def __init__(self, num_classes: int, dynamic: bool = True, scale: Optional[float] = None):
+    def __init__(self, num_classes: int, dynamic: bool = True,
+                 scale: Optional[Annotated[float, Range(0.0, low_open=True)]] = None):
         super().__init__(num_classes)
         if scale is None:
             if num_classes < 3:
                 raise ConfigError(f"method.options.scale: the default sqrt(2)*log(K-1) is 0 for "
                                   f"K = {num_classes} classes; give a scale > 0")
             scale = adacos_initial_scale(num_classes)
-        elif not (math.isfinite(scale) and scale > 0):
-            raise ConfigError(f"method.options.scale: expected a finite value > 0, got {scale}")
-        self.dynamic, self.initial_scale = bool(dynamic), float(scale)
+        self.dynamic, self.initial_scale = dynamic, float(scale)
         _keep(self, None)
 
     def adapt_model(self, model) -> None:
@@ -158,10 +158,8 @@ class AdaCos(Method):
                               f"{type(model.head).__name__} (replaced by another method?)")
         _keep(self, model.head)
 
-    def loss(self, out, batch, teachers=()):
-        head = self._head
-        if head is None:
-            raise RuntimeError("adacos: adapt_model(model) must be called before loss()")
+    def loss(self, out: ModelOutput, batch: Batch, teachers: Sequence[ModelOutput] = ()) -> Dict[str, torch.Tensor]:
+        head = need_setup(self._head, "adacos", "the cosine head")
         logits = upcast(out.logits)
         if self.dynamic and head.training:
             old = head.s.detach().clone()
@@ -169,7 +167,7 @@ class AdaCos(Method):
             new = adacos_dynamic_scale(cos, batch.y, old)
             head.s.copy_(new)
             logits = cos * new
-        return {"ce": F.cross_entropy(logits, batch.y)}
+        return {"ce": cross_entropy(logits, batch.y)}
 
 
 # --------------------------------------------------------------------------- Virtual Softmax
@@ -188,7 +186,7 @@ def virtual_softmax_logits(logits: torch.Tensor, embedding: torch.Tensor, weight
 def virtual_softmax_loss(logits: torch.Tensor, embedding: torch.Tensor, weight: torch.Tensor,
                          labels: torch.Tensor) -> torch.Tensor:
     """CE over the K real classes and the virtual one, with the true label (batch mean)."""
-    return F.cross_entropy(virtual_softmax_logits(logits, embedding, weight, labels), labels)
+    return cross_entropy(virtual_softmax_logits(logits, embedding, weight, labels), labels)
 
 
 @METHODS.register("virtual_softmax", "CE with an extra virtual class of logit ||W_y||*||x|| in training",
@@ -216,7 +214,6 @@ class VirtualSoftmax(Method):
                               f"{type(head).__name__} (replaced by another method?)")
         _keep(self, head)
 
-    def loss(self, out, batch, teachers=()):
-        if self._head is None:
-            raise RuntimeError("virtual_softmax: setup(model) must be called before loss()")
-        return {"ce": virtual_softmax_loss(out.logits, out.embedding, self._head.weight, batch.y)}
+    def loss(self, out: ModelOutput, batch: Batch, teachers: Sequence[ModelOutput] = ()) -> Dict[str, torch.Tensor]:
+        head = need_setup(self._head, "virtual_softmax", "the reference to the model's head")
+        return {"ce": virtual_softmax_loss(out.logits, out.embedding, head.weight, batch.y)}

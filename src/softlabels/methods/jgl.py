@@ -16,21 +16,21 @@ predictions on the same augmented crop, P¹ = softmax(N₁(f(x))), computed onli
 
 Variant ``official_cd`` (cd, glr_cd) follows the channel-distillation code of Zhou et al. 2020,
 the closest published code (the JGL authors released none): a 1×1 conv → BN → ReLU adapter on
-every student stage, "guided KD" in place of GLR, hard-label CE, and an epoch schedule of the
-loss weights. See docs/methods.md.
+every student stage, "guided KD" in place of GLR, hard-label CE, the "early decay teacher"
+epoch schedule of the loss weights, and the teacher in train mode. See docs/methods.md.
 """
 from __future__ import annotations
 
-from typing import Literal, Optional, Sequence, Tuple
+from typing import Annotated, Dict, List, Literal, Optional, Sequence, Tuple
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError
-from ..registry import METHODS
-from .base import Method, Requires
-from .ce import soft_cross_entropy, upcast
+from ..models.base import ModelOutput
+from ..registry import METHODS, Range
+from .base import Batch, Method, Requires, TeacherMode, need_features, need_setup, need_teacher
+from .functional import cross_entropy, masked_mean, soft_cross_entropy, tempered_kl, upcast
 
 JGL_REFERENCE = "Zhao et al., Improving Image Classification Through Joint Guided Learning, IEEE TIM 2022"
 LR_REFERENCE = "Bagherinezhad et al., Label Refinery: Improving ImageNet Classification through Label Progression, 2018"
@@ -50,7 +50,7 @@ def label_refinery_loss(logits: torch.Tensor, teacher_logits: torch.Tensor) -> t
     """mean_i −Σ_k P¹_ik · log softmax(z)_ik with P¹ = softmax(teacher) (Eq. 1; no gradient
     through the teacher)."""
     target = torch.softmax(upcast(teacher_logits.detach()), dim=1)
-    return soft_cross_entropy(logits, target)
+    return soft_cross_entropy(logits, target)  # Eq. 1
 
 
 def teacher_correct(teacher_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -67,24 +67,17 @@ def glr_loss(logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.T
     that still carries the graph (gradient zeros), never NaN. A 0/1 weight instead of boolean
     indexing and a clamped denominator keep it free of host synchronisation.
     """
-    logits = upcast(logits)
-    target = torch.softmax(upcast(teacher_logits.detach()), dim=1).to(logits.dtype)
-    per_sample = -(target * F.log_softmax(logits, dim=1)).sum(dim=1)
-    mask = teacher_correct(teacher_logits, labels).to(logits.dtype)
-    return (mask * per_sample).sum() / mask.sum().clamp_min(1.0)
+    target = torch.softmax(upcast(teacher_logits.detach()), dim=1)
+    per_sample = soft_cross_entropy(logits, target, reduction="none")
+    return masked_mean(per_sample, teacher_correct(teacher_logits, labels))  # Eq. 3
 
 
 def guided_kd_loss(logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor,
                    temperature: float = 1.0) -> torch.Tensor:
     """Channel-distillation code's "guided KD" (official_cd): Σ_i I_i·KL(softmax(b_i/T) ‖
     softmax(z_i/T))·T² / #correct, a summed KL over teacher-correct rows (0 when none)."""
-    t = temperature
-    logits = upcast(logits)
-    log_p = F.log_softmax(logits / t, dim=1)
-    q = torch.softmax(upcast(teacher_logits.detach()) / t, dim=1).to(logits.dtype)
-    per_sample = (torch.xlogy(q, q) - q * log_p).sum(dim=1)
-    mask = teacher_correct(teacher_logits, labels).to(logits.dtype)
-    return (mask * per_sample).sum() * (t * t) / mask.sum().clamp_min(1.0)
+    per_sample = tempered_kl(logits, teacher_logits, temperature, reduction="none")
+    return masked_mean(per_sample, teacher_correct(teacher_logits, labels))
 
 
 def channel_distillation_loss(student_features: Sequence[torch.Tensor],
@@ -123,12 +116,37 @@ def channel_distillation_loss(student_features: Sequence[torch.Tensor],
     return total
 
 
-def official_cd_weights(epoch: int, warmup_epochs: int = 60) -> Tuple[float, float, float]:
-    """(CE, KD, CD) weights of the channel-distillation code's schedule at 0-based ``epoch``:
-    CE and KD off for the first ``warmup_epochs`` epochs (60 CIFAR, 30 ImageNet), then 1;
-    CD weight 6·0.9^epoch."""
-    on = 0.0 if epoch < warmup_epochs else 1.0
-    return on, on, 6.0 * 0.9 ** epoch
+#: The channel-distillation code's "early decay teacher" (cifar_config.py / imagenet_config.py
+#: and utils/util.py of zhouzaida/channel-distillation): base weights of CE, guided KD and CD,
+#: the CD decay factor, the warm-up (CE and KD off while E <= warm-up) and the CD steps.
+OFFICIAL_CD_SCHEDULES = {
+    "cifar": {"ce": 1.0, "kd": 0.1, "cd": 6.0, "factor": 0.9, "warmup": 60, "milestones": (60, 160)},
+    "imagenet": {"ce": 1.0, "kd": 1.0, "cd": 6.0, "factor": 0.9, "warmup": 30, "period": 30},
+}
+
+
+def official_cd_weights(epoch: int, schedule: str = "cifar", warmup_epochs: Optional[int] = None,
+                        milestones: Optional[Sequence[int]] = None) -> Tuple[float, float, float]:
+    """(CE, KD, CD) weights of the channel-distillation code's schedule at the **1-based**
+    ``epoch`` E (METHODS.md §4).
+
+    cifar:    CE 0 and KD 0 for E <= 60, then CE 1 and KD 0.1; CD 6·0.9^k with k the number of
+              milestones (60, 160) that E has reached (6, 5.4, 4.86).
+    imagenet: CE and KD 0 for E <= 30, then 1 (their decay factor is 1 in the authors' config);
+              CD 6·0.9^⌊E/30⌋.
+    ``warmup_epochs`` replaces the warm-up (and, for imagenet, the period P of ⌊E/P⌋);
+    ``milestones`` replaces cifar's CD steps — for runs much shorter than the authors' 200 / 100
+    epochs."""
+    if schedule not in OFFICIAL_CD_SCHEDULES:
+        raise ValueError(f"schedule must be one of {', '.join(OFFICIAL_CD_SCHEDULES)}, got {schedule!r}")
+    s = OFFICIAL_CD_SCHEDULES[schedule]
+    warm = s["warmup"] if warmup_epochs is None else int(warmup_epochs)
+    on = epoch > warm
+    if schedule == "cifar":
+        k = sum(epoch >= m for m in (s["milestones"] if milestones is None else milestones))
+    else:
+        k = epoch // max(warm, 1) if warmup_epochs is not None else epoch // s["period"]
+    return (s["ce"] if on else 0.0, s["kd"] if on else 0.0, s["cd"] * s["factor"] ** k)
 
 
 def make_cd_adapters(student_channels: Sequence[int], teacher_channels: Sequence[int]) -> nn.ModuleList:
@@ -142,50 +160,45 @@ def make_cd_adapters(student_channels: Sequence[int], teacher_channels: Sequence
 
 
 # ---------------------------------------------------------------------------- methods
-def _teacher(teachers, name: str):
-    if not teachers:
-        raise ValueError(f"{name}: needs the output of one teacher model in `teachers`")
-    return teachers[0]
-
-
 @METHODS.register("label_refinery", "Label Refinery: CE against the teacher's softmax on the same crop",
                   reference=LR_REFERENCE)
 class LabelRefinery(Method):
     """The student is trained on the teacher's predicted distribution of each crop; hard labels
-    are not used. No options. Logged term: ``refinery``."""
+    are not used. Option ``teacher_mode``: eval (default, the paper) | train (the authors' code,
+    hessamb/label-refinery, runs the refining model in train mode). Logged term: ``refinery``."""
 
     requires = Requires(teachers=1)
 
-    def __init__(self, num_classes: int):
+    def __init__(self, num_classes: int, teacher_mode: TeacherMode = "eval"):
         super().__init__(num_classes)
+        self.requires = Requires(teachers=1, teacher_mode=teacher_mode)
 
-    def loss(self, out, batch, teachers=()):
-        teacher = _teacher(teachers, "label_refinery")
+    def loss(self, out: ModelOutput, batch: Batch, teachers: Sequence[ModelOutput] = ()) -> Dict[str, torch.Tensor]:
+        (teacher,) = need_teacher(teachers, "label_refinery")
         return {"refinery": label_refinery_loss(out.logits, teacher.logits)}
 
 
 @METHODS.register("glr", "guided label refinery: teacher soft labels on teacher-correct crops only",
                   reference=JGL_REFERENCE)
 class GuidedLabelRefinery(Method):
-    """Eq. 3–6; no options. Logged term: ``glr``."""
+    """Eq. 3–6. Option ``teacher_mode`` eval (default) | train. Logged term: ``glr``."""
 
     requires = Requires(teachers=1)
 
-    def __init__(self, num_classes: int):
+    def __init__(self, num_classes: int, teacher_mode: TeacherMode = "eval"):
         super().__init__(num_classes)
+        self.requires = Requires(teachers=1, teacher_mode=teacher_mode)
 
-    def loss(self, out, batch, teachers=()):
-        teacher = _teacher(teachers, "glr")
+    def loss(self, out: ModelOutput, batch: Batch, teachers: Sequence[ModelOutput] = ()) -> Dict[str, torch.Tensor]:
+        (teacher,) = need_teacher(teachers, "glr")
         return {"glr": glr_loss(out.logits, teacher.logits, batch.y)}
 
 
-def _is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _check_weight(key: str, value: Optional[float]) -> None:
-    if value is not None and not (_is_number(value) and 0.0 <= value < float("inf")):
-        raise ConfigError(f"method.options.{key}: expected a finite weight >= 0, got {value!r}")
+Lambda = Annotated[float, Range(0.0, 1.0)]
+Weight = Optional[Annotated[float, Range(0.0)]]
+Variant = Literal["paper", "official_cd"]
+Schedule = Literal["cifar", "imagenet"]
+Epochs = Optional[Annotated[int, Range(0)]]
 
 
 class _ChannelDistillationBase(Method):
@@ -200,19 +213,20 @@ class _ChannelDistillationBase(Method):
     _class_term = ""
 
     def __init__(self, num_classes: int, lam: float, class_weight: Optional[float],
-                 cd_weight: Optional[float], variant: str, warmup_epochs: int, class_key: str):
+                 cd_weight: Optional[float], variant: str, schedule: str, warmup_epochs: Optional[int],
+                 milestones: Optional[List[int]], teacher_mode: Optional[str]):
         super().__init__(num_classes)
-        if not (_is_number(lam) and 0.0 <= lam <= 1.0):
-            raise ConfigError(f"method.options.lam: expected a number with 0 <= lam <= 1, got {lam!r}")
-        _check_weight(class_key, class_weight)
-        _check_weight("cd_weight", cd_weight)
-        if variant not in ("paper", "official_cd"):
-            raise ConfigError(f"method.options.variant: expected 'paper' or 'official_cd', got {variant!r}")
-        if isinstance(warmup_epochs, bool) or not isinstance(warmup_epochs, int) or warmup_epochs < 0:
-            raise ConfigError(f"method.options.warmup_epochs: expected an integer >= 0, got {warmup_epochs!r}")
+        if milestones is not None and any(isinstance(m, bool) or not isinstance(m, int) or m < 1
+                                          for m in milestones):
+            raise ConfigError(f"method.options.milestones: expected a list of epochs >= 1, got {milestones!r}")
         self.lam = lam
         self.variant = variant
+        self.schedule = schedule
         self.warmup_epochs = warmup_epochs
+        self.milestones = None if milestones is None else tuple(milestones)
+        # official_cd: the authors' code runs the teacher in train mode (BatchNorm on batch statistics)
+        mode = teacher_mode or ("train" if variant == "official_cd" else "eval")
+        self.requires = Requires(teachers=1, features=True, teacher_mode=mode)
         self.class_weight = 1.0 - lam if class_weight is None else class_weight   # Eq. 10: 1−λ
         self.cd_weight = lam if cd_weight is None else cd_weight                  # Eq. 10: λ
         self.adapters: Optional[nn.ModuleList] = None
@@ -239,6 +253,7 @@ class _ChannelDistillationBase(Method):
                 f"use variant official_cd, which adds 1x1 adapters")
 
     def on_epoch_start(self, epoch: int) -> None:
+        """``epoch`` is the trainer's 0-based index; the schedule reads 1-based E = epoch + 1."""
         self._epoch = int(epoch)
         self.epoch.fill_(int(epoch))
 
@@ -251,17 +266,16 @@ class _ChannelDistillationBase(Method):
     def weights(self) -> dict:
         """The current weights of the logged terms."""
         if self.variant == "official_cd":
-            ce_w, kd_w, cd_w = official_cd_weights(self._epoch, self.warmup_epochs)
+            ce_w, kd_w, cd_w = official_cd_weights(self._epoch + 1, self.schedule, self.warmup_epochs,
+                                                   self.milestones)
             return self._official_weights(ce_w, kd_w, cd_w)
         return {self._class_term: self.class_weight, "cd": self.cd_weight}
 
-    def _cd(self, out, teacher) -> torch.Tensor:
-        if out.features is None or teacher.features is None:
-            raise ValueError(f"{self._name}: needs stage feature maps (forward with return_features=True)")
-        if self.variant == "official_cd" and self.adapters is None:
-            raise RuntimeError(f"{self._name}: variant official_cd builds its adapters in "
-                               f"setup(model, teachers); call it before training")
-        return channel_distillation_loss(out.features, teacher.features, self.adapters)
+    def _cd(self, out: ModelOutput, teacher: ModelOutput) -> torch.Tensor:
+        student, teach = need_features(out, self._name), need_features(teacher, self._name)
+        if self.variant == "official_cd":
+            need_setup(self.adapters, self._name, "the official_cd adapters")
+        return channel_distillation_loss(student, teach, self.adapters)
 
 
 @METHODS.register("cd", "channel distillation: CE plus GAP channel statistics matched to the teacher's, per stage",
@@ -274,29 +288,33 @@ class ChannelDistillation(_ChannelDistillationBase):
     lam:           λ (default 0.8, the paper's CIFAR-100 / ResNet-18 value for glr_cd).
     ce_weight:     overrides 1−λ.
     cd_weight:     overrides λ.
-    variant:       paper | official_cd (adapters; CE weight 0 for warmup_epochs epochs, then 1;
-                   CD weight 6·0.9^epoch; lam and the weights are then ignored).
-    warmup_epochs: official_cd only: epochs with the CE weight at 0 (60 CIFAR, 30 ImageNet).
+    variant:       paper | official_cd (adapters, the authors' schedule of the CE and CD weights,
+                   teacher in train mode; lam and the weights are then ignored).
+    schedule, warmup_epochs, milestones: official_cd's schedule (see ``official_cd_weights``):
+                   cifar (default) | imagenet; null = the authors' 60 / 30 and (60, 160).
+    teacher_mode:  eval | train; null = the variant's (paper eval, official_cd train).
     Logged terms: ``ce``, ``cd``.
     """
 
     _name = "cd"
     _class_term = "ce"
 
-    def __init__(self, num_classes: int, lam: float = DEFAULT_LAMBDA, ce_weight: Optional[float] = None,
-                 cd_weight: Optional[float] = None, variant: Literal["paper", "official_cd"] = "paper",
-                 warmup_epochs: int = 60):
-        super().__init__(num_classes, lam, ce_weight, cd_weight, variant, warmup_epochs, "ce_weight")
+    def __init__(self, num_classes: int, lam: Lambda = DEFAULT_LAMBDA, ce_weight: Weight = None,
+                 cd_weight: Weight = None, variant: Variant = "paper", schedule: Schedule = "cifar",
+                 warmup_epochs: Epochs = None, milestones: Optional[List[int]] = None,
+                 teacher_mode: Optional[TeacherMode] = None):
+        super().__init__(num_classes, lam, ce_weight, cd_weight, variant, schedule, warmup_epochs, milestones,
+                         teacher_mode)
 
     @staticmethod
     def _official_weights(ce_w, kd_w, cd_w):
         return {"ce": ce_w, "cd": cd_w}
 
-    def loss(self, out, batch, teachers=()):
-        teacher = _teacher(teachers, "cd")
+    def loss(self, out: ModelOutput, batch: Batch, teachers: Sequence[ModelOutput] = ()) -> Dict[str, torch.Tensor]:
+        (teacher,) = need_teacher(teachers, "cd")
         w = self.weights()
-        return {"ce": w["ce"] * F.cross_entropy(upcast(out.logits), batch.y),
-                "cd": w["cd"] * self._cd(out, teacher)}
+        return {"ce": w["ce"] * cross_entropy(out.logits, batch.y),   # Eq. 10 with CE for L_g: (1−λ)·CE
+                "cd": w["cd"] * self._cd(out, teacher)}                # Eq. 10: λ·L_cd
 
 
 @METHODS.register("glr_cd", "joint guided learning: (1-lam)*guided label refinery + lam*channel distillation",
@@ -310,30 +328,33 @@ class JointGuidedLearning(_ChannelDistillationBase):
     glr_weight:    overrides 1−λ.
     cd_weight:     overrides λ.
     variant:       paper | official_cd: adapters, L = w_ce·CE + w_kd·guided KD + w_cd·L_cd with
-                   w_ce = w_kd = 0 for warmup_epochs epochs then 1, w_cd = 6·0.9^epoch (lam and
+                   the authors' schedule (CIFAR: w_ce = w_kd = 0 for E <= 60, then 1 and 0.1;
+                   w_cd = 6, 5.4 from E = 60, 4.86 from E = 160), teacher in train mode (lam and
                    the weights are then ignored).
-    warmup_epochs: official_cd only (60 CIFAR, 30 ImageNet).
+    schedule, warmup_epochs, milestones, teacher_mode: as for ``cd``.
     Logged terms: ``glr``, ``cd`` (paper); ``ce``, ``kd``, ``cd`` (official_cd).
     """
 
     _name = "glr_cd"
     _class_term = "glr"
 
-    def __init__(self, num_classes: int, lam: float = DEFAULT_LAMBDA, glr_weight: Optional[float] = None,
-                 cd_weight: Optional[float] = None, variant: Literal["paper", "official_cd"] = "paper",
-                 warmup_epochs: int = 60):
-        super().__init__(num_classes, lam, glr_weight, cd_weight, variant, warmup_epochs, "glr_weight")
+    def __init__(self, num_classes: int, lam: Lambda = DEFAULT_LAMBDA, glr_weight: Weight = None,
+                 cd_weight: Weight = None, variant: Variant = "paper", schedule: Schedule = "cifar",
+                 warmup_epochs: Epochs = None, milestones: Optional[List[int]] = None,
+                 teacher_mode: Optional[TeacherMode] = None):
+        super().__init__(num_classes, lam, glr_weight, cd_weight, variant, schedule, warmup_epochs, milestones,
+                         teacher_mode)
 
     @staticmethod
     def _official_weights(ce_w, kd_w, cd_w):
         return {"ce": ce_w, "kd": kd_w, "cd": cd_w}
 
-    def loss(self, out, batch, teachers=()):
-        teacher = _teacher(teachers, "glr_cd")
+    def loss(self, out: ModelOutput, batch: Batch, teachers: Sequence[ModelOutput] = ()) -> Dict[str, torch.Tensor]:
+        (teacher,) = need_teacher(teachers, "glr_cd")
         w = self.weights()
-        cd = w["cd"] * self._cd(out, teacher)
+        cd = w["cd"] * self._cd(out, teacher)                                        # Eq. 10: λ·L_cd
         if self.variant == "official_cd":
-            return {"ce": w["ce"] * F.cross_entropy(upcast(out.logits), batch.y),
+            return {"ce": w["ce"] * cross_entropy(out.logits, batch.y),
                     "kd": w["kd"] * guided_kd_loss(out.logits, teacher.logits, batch.y),
                     "cd": cd}
-        return {"glr": w["glr"] * glr_loss(out.logits, teacher.logits, batch.y), "cd": cd}
+        return {"glr": w["glr"] * glr_loss(out.logits, teacher.logits, batch.y), "cd": cd}  # Eq. 10: (1−λ)·L_g

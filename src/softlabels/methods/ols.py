@@ -14,24 +14,23 @@ Variants (see docs/methods.md):
 """
 from __future__ import annotations
 
-from typing import Literal, Optional
+from typing import Annotated, Dict, Literal, Optional, Sequence
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 
-from ..errors import ConfigError
-from ..registry import METHODS
-from .base import Method
-from .ce import soft_cross_entropy
+from ..models.base import ModelOutput
+from ..registry import METHODS, Range
+from .base import Batch, Method
+from .functional import cross_entropy, soft_cross_entropy
 
 
 def ols_loss(logits: torch.Tensor, labels: torch.Tensor, soft_label_matrix: torch.Tensor,
              ce_weight: float = 0.5, soft_weight: float = 0.5) -> torch.Tensor:
     """ce_weight·CE(z, y) + soft_weight·mean_i −Σ_k S[y_i]_k log softmax(z)_ik  (Eq. 3–4)."""
-    return ce_weight * F.cross_entropy(logits, labels) + soft_weight * soft_cross_entropy(
-        logits, soft_label_matrix[labels]
-    )
+    # Eq. 3–4: hard-label CE plus CE against the class's soft label
+    return ce_weight * cross_entropy(logits, labels) + soft_weight * soft_cross_entropy(
+        logits, soft_label_matrix[labels])
 
 
 @torch.no_grad()
@@ -88,14 +87,10 @@ class OnlineLabelSmoothing(Method):
                   correctly classified sample of the period instead of the class average.
     """
 
-    def __init__(self, num_classes: int, alpha: float = 0.5,
+    def __init__(self, num_classes: int, alpha: Annotated[float, Range(0.0, 1.0)] = 0.5,
                  variant: Literal["paper", "official_cifar", "official_fgvc"] = "paper",
-                 update_every: Optional[int] = None, single: bool = False):
+                 update_every: Optional[Annotated[int, Range(1)]] = None, single: bool = False):
         super().__init__(num_classes)
-        if not 0.0 <= alpha <= 1.0:
-            raise ConfigError(f"method.options.alpha: expected 0 <= alpha <= 1, got {alpha}")
-        if update_every is not None and update_every < 1:
-            raise ConfigError(f"method.options.update_every: expected >= 1, got {update_every}")
         init, ce_w, soft_w, keep = _VARIANTS[variant]
         self.variant = variant
         self.ce_weight = alpha if ce_w is None else ce_w
@@ -113,16 +108,16 @@ class OnlineLabelSmoothing(Method):
         self.register_buffer("single_key", torch.full((k,), -1.0))
         self.register_buffer("steps", torch.zeros((), dtype=torch.long))
 
-    def loss(self, out, batch, teachers=()):
+    def loss(self, out: ModelOutput, batch: Batch, teachers: Sequence[ModelOutput] = ()) -> Dict[str, torch.Tensor]:
         logits = out.logits
         target = self.soft_label_matrix[batch.y]
-        terms = {"ce": self.ce_weight * F.cross_entropy(logits, batch.y)}
+        terms = {"ce": self.ce_weight * cross_entropy(logits, batch.y)}  # Eq. 3: α·CE
         if self.soft_weight:
-            terms["soft"] = self.soft_weight * soft_cross_entropy(logits, target)
+            terms["soft"] = self.soft_weight * soft_cross_entropy(logits, target)  # Eq. 4: (1−α)·soft
         return terms
 
     @torch.no_grad()
-    def on_step_end(self, out, batch) -> None:
+    def on_step_end(self, out: ModelOutput, batch: Batch) -> None:
         if self.single:
             self._keep_one_random(out.logits, batch.y)
         else:

@@ -27,17 +27,17 @@ from __future__ import annotations
 
 import copy
 import math
-from typing import Dict, Literal, Optional, Sequence
+from typing import Annotated, Dict, Literal, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import ConfigError, SoftlabelsError
+from ..errors import ConfigError, MissingInputError
 from ..models.base import ModelOutput
-from ..registry import METHODS
-from .base import Method, option_number
-from .ce import upcast
+from ..registry import METHODS, Range
+from .base import Batch, Method
+from .functional import cross_entropy, target_kl, tempered_kl, upcast
 
 ONE_REFERENCE = ("Lan, Zhu, Gong, Knowledge Distillation by On-the-fly Native Ensemble, NeurIPS 2018 "
                  "(arXiv 1806.04606)")
@@ -54,15 +54,6 @@ SUPPORTED = ("the CIFAR ResNets (resnet8 ... resnet110, resnet29, cifar_resnet),
 
 
 # ---------------------------------------------------------------------------- plain functions
-def _common(*tensors: torch.Tensor):
-    """Upcast fp16/bf16 to float32 and bring all tensors to one dtype (float64 stays)."""
-    ts = [upcast(t) for t in tensors]
-    dtype = ts[0].dtype
-    for t in ts[1:]:
-        dtype = torch.promote_types(dtype, t.dtype)
-    return [t.to(dtype) for t in ts]
-
-
 def one_ensemble_logits(branch_logits: Sequence[torch.Tensor], gate: torch.Tensor) -> torch.Tensor:
     """z_e = Σ_i g_i · z_i: the gated ensemble (teacher) logits, B×K, from the m branch logits
     (each B×K) and the gate weights ``gate`` (B×m). Keeps gradients to branches and gate."""
@@ -70,7 +61,7 @@ def one_ensemble_logits(branch_logits: Sequence[torch.Tensor], gate: torch.Tenso
     if gate.dim() != 2 or gate.shape[1] != len(zs):
         raise ValueError(f"one_ensemble_logits: gate of shape {tuple(gate.shape)} for {len(zs)} branches; "
                          f"expected B×{len(zs)}")
-    *zs, g = _common(*zs, gate)
+    *zs, g = upcast(*zs, gate)
     stacked = torch.stack(zs, dim=1)                      # B×m×K
     return (g.unsqueeze(-1) * stacked).sum(dim=1)
 
@@ -81,23 +72,12 @@ def one_kl(branch_logits: Sequence[torch.Tensor], ensemble_logits: torch.Tensor,
     the batch. ``detach_teacher``: z_e is a constant (no gradient reaches the ensemble, i.e. the
     branches through it or the gate). ``target_eps`` > 0 adds it to every target probability
     without renormalising, as the official code does with 1e-7 (Σ_j t_j (log t_j − log p_ij))."""
-    if not (math.isfinite(temperature) and temperature > 0):
-        raise ValueError(f"temperature must be > 0, got {temperature}")
     t = float(temperature)
-    zs = list(branch_logits)
     teacher = ensemble_logits.detach() if detach_teacher else ensemble_logits
-    *zs, teacher = _common(*zs, teacher)
     if target_eps:
-        target = F.softmax(teacher / t, dim=1) + target_eps
-        log_target = target.log()
-    else:
-        log_target = F.log_softmax(teacher / t, dim=1)
-        target = log_target.exp()
-    total = teacher.new_zeros(())
-    for z in zs:
-        log_p = F.log_softmax(z / t, dim=1)
-        total = total + (target * (log_target - log_p)).sum(dim=1).mean()
-    return t * t * total
+        target = F.softmax(upcast(teacher) / t, dim=1) + target_eps
+        return sum(target_kl(z, target, t) for z in branch_logits)
+    return sum(tempered_kl(z, teacher, t, detach_target=False) for z in branch_logits)
 
 
 def one_loss(branch_logits: Sequence[torch.Tensor], ensemble_logits: torch.Tensor, labels: torch.Tensor,
@@ -108,8 +88,8 @@ def one_loss(branch_logits: Sequence[torch.Tensor], ensemble_logits: torch.Tenso
     zs = list(branch_logits)
     if not zs:
         raise ValueError("one_loss: needs at least one branch")
-    ce = sum(F.cross_entropy(upcast(z), labels) for z in zs)
-    return {"ce": ce, "ensemble_ce": F.cross_entropy(upcast(ensemble_logits), labels),
+    ce = sum(cross_entropy(z, labels) for z in zs)
+    return {"ce": ce, "ensemble_ce": cross_entropy(ensemble_logits, labels),
             "kl": kl_weight * one_kl(zs, ensemble_logits, temperature, detach_teacher, target_eps)}
 
 
@@ -235,25 +215,18 @@ class OnTheFlyNativeEnsemble(Method):
 
     needs_model_forward = True
 
-    def __init__(self, num_classes: int, branches: int = DEFAULT_BRANCHES,
-                 temperature: float = DEFAULT_TEMPERATURE,
+    def __init__(self, num_classes: int, branches: Annotated[int, Range(2)] = DEFAULT_BRANCHES,
+                 temperature: Annotated[float, Range(0.0, low_open=True)] = DEFAULT_TEMPERATURE,
                  inference: Literal["branch", "ensemble"] = "branch",
                  variant: Literal["paper", "official"] = "paper", detach_teacher: bool = True,
-                 rampup_epochs: Optional[float] = None):
+                 rampup_epochs: Optional[Annotated[float, Range(0.0)]] = None):
         super().__init__(num_classes)
-        if isinstance(branches, bool) or not isinstance(branches, int) or branches < 2:
-            raise ConfigError(f"method.options.branches: expected an integer >= 2, got {branches!r}")
-        self.temperature = option_number("temperature", temperature, 0.0, strict=True)
-        if inference not in INFERENCE:
-            raise ConfigError(f"method.options.inference: expected one of {', '.join(INFERENCE)}, "
-                              f"got {inference!r}")
-        if variant not in VARIANTS:
-            raise ConfigError(f"method.options.variant: expected one of {', '.join(VARIANTS)}, got {variant!r}")
+        self.temperature = temperature
         if rampup_epochs is None:
             rampup_epochs = OFFICIAL_RAMPUP_EPOCHS if variant == "official" else 0.0
-        self.rampup_epochs = option_number("rampup_epochs", rampup_epochs, 0.0, strict=False)
-        self.branches, self.inference, self.variant = int(branches), inference, variant
-        self.detach_teacher = bool(detach_teacher)
+        self.rampup_epochs = float(rampup_epochs)
+        self.branches, self.inference, self.variant = branches, inference, variant
+        self.detach_teacher = detach_teacher
         self.target_eps = OFFICIAL_TARGET_EPS if variant == "official" else 0.0
         self.epoch = 0
 
@@ -287,11 +260,11 @@ class OnTheFlyNativeEnsemble(Method):
         """w of the current epoch: the sigmoid ramp-up (1 without one)."""
         return sigmoid_rampup(self.epoch, self.rampup_epochs)
 
-    def loss(self, out, batch, teachers=()) -> Dict[str, torch.Tensor]:
+    def loss(self, out: ModelOutput, batch: Batch, teachers: Sequence[ModelOutput] = ()) -> Dict[str, torch.Tensor]:
         aux = out.aux
         names = [f"branch{i}" for i in range(self.branches)]
         if "ensemble" not in aux or any(n not in aux for n in names):
-            raise SoftlabelsError("one: out.aux has no branch outputs; they come from the model's forward "
+            raise MissingInputError("one: out.aux has no branch outputs; they come from the model's forward "
                                   "in training mode once adapt_model installed the branches")
         return one_loss([aux[n].logits for n in names], aux["ensemble"].logits, batch.y, self.temperature,
                         self.kl_weight(), self.detach_teacher, self.target_eps)

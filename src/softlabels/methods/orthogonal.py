@@ -12,21 +12,22 @@ teachers neither looked nor saw background. The total loss is Eq. 6:
     L = CE + (1/(n−1)) · Σ_teachers α · L_OR,   α = 0.5 (Table 2).
 
 Variants (see docs/methods.md):
-  paper     population std with ε = 1e-8 added to the variance; OR weight α.
-  official  unbiased std without ε; the OR weight is rescaled every step to α_code·CE/L_OR,
-            both read from detached values (a constant with no gradient), α_code = 0.1.
+  paper     std with ε = 1e-8 added to the variance; OR weight α.
+  official  std without ε; the OR weight is rescaled every step to α_code·CE/L_OR, both read
+            from detached values (a constant with no gradient), α_code = 0.1.
+Both use the unbiased (n−1) std by default, as the authors' code does (option ``unbiased``).
 """
 from __future__ import annotations
 
-from typing import Optional, Literal, Sequence
+from typing import Annotated, Dict, Literal, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 
-from ..errors import ConfigError
-from ..registry import METHODS
-from .base import Method, Requires
-from .ce import upcast
+from ..models.base import ModelOutput
+from ..registry import METHODS, Range
+from .base import Batch, Method, Requires, TeacherMode, need_features, need_teacher
+from .functional import cross_entropy, upcast
 
 #: ε added to the variance in the paper form of Eq. 2 (the paper gives no value): small enough
 #: to leave any non-degenerate map unchanged in float32, large enough that a constant map
@@ -78,13 +79,14 @@ def standardize_map(maps: torch.Tensor, unbiased: bool = False, eps: float = PAP
 
 
 def orthogonal_loss(student_features: torch.Tensor, teacher_features: torch.Tensor,
-                    variant: Literal["paper", "official"] = "paper") -> torch.Tensor:
+                    variant: Literal["paper", "official"] = "paper", unbiased: bool = True) -> torch.Tensor:
     """OR loss of Eq. 3–5 between one student and one teacher, a scalar.
 
     ``mean over batch and positions of |M̂_t| · max(M̂_s, 0)`` with M̂ the standardised attention
     maps (Eq. 1–2) of the B×C×H×W last-stage features. The teacher map is a constant (its
     features are detached). Channel counts may differ; batch and spatial sizes must match.
-    ``variant="paper"``: population std + ε; ``"official"``: unbiased std, no ε.
+    ``variant="paper"``: std + ε; ``"official"``: std without ε. ``unbiased`` (default, the
+    authors' code): the n−1 std; False: the population std.
     """
     if variant not in _VARIANTS:
         raise ValueError(f"variant must be one of {', '.join(_VARIANTS)}, got {variant!r}")
@@ -99,8 +101,8 @@ def orthogonal_loss(student_features: torch.Tensor, teacher_features: torch.Tens
             f"orthogonal_loss: spatial sizes differ, student {s_shape[2]}×{s_shape[3]} vs teacher "
             f"{t_shape[2]}×{t_shape[3]}; the last-stage maps of both networks must have the same size"
         )
-    unbiased, eps = (True, 0.0) if variant == "official" else (False, PAPER_EPS)
-    m_s = standardize_map(attention_map(student_features), unbiased, eps)
+    eps = 0.0 if variant == "official" else PAPER_EPS
+    m_s = standardize_map(attention_map(student_features), unbiased, eps)  # Eq. 1–2
     with torch.no_grad():
         m_t = standardize_map(attention_map(teacher_features.detach()), unbiased, eps).abs()  # Eq. 3
     return (m_t.to(m_s.dtype) * F.relu(m_s)).mean()  # Eq. 4–5
@@ -131,51 +133,46 @@ class OrthogonalTransfer(Method):
     variant:        paper | official.
     alpha_code:     official variant: the OR term is rescaled each step to alpha_code·CE
                     (authors' code: 0.1).
+    unbiased:       standardise the attention maps with the unbiased (n−1) std (default, the
+                    authors' code and the usual reading of "standard deviation"); false: the
+                    population std.
+    teacher_mode:   eval (default; the authors' code runs the earlier members in eval mode) | train.
 
     The loss uses the last stage map of the student (``out.features[-1]``) and of each of the
     first ``members_before`` teachers. Logged terms: ``ce`` and, with teachers, ``or`` (the
     already weighted ``(1/(n−1))·Σ α·L_OR``).
     """
 
-    def __init__(self, num_classes: int, members_before: Optional[int] = None, alpha: float = 0.5,
-                 variant: Literal["paper", "official"] = "paper", alpha_code: float = 0.1):
+    def __init__(self, num_classes: int, members_before: Optional[Annotated[int, Range(0)]] = None,
+                 alpha: Annotated[float, Range(0.0)] = 0.5, variant: Literal["paper", "official"] = "paper",
+                 alpha_code: Annotated[float, Range(0.0)] = 0.1, unbiased: bool = True,
+                 teacher_mode: TeacherMode = "eval"):
         super().__init__(num_classes)
-        if members_before is not None and (
-                isinstance(members_before, bool) or not isinstance(members_before, int) or members_before < 0):
-            raise ConfigError(f"method.options.members_before: expected an integer >= 0, got {members_before!r}")
-        if not alpha >= 0:
-            raise ConfigError(f"method.options.alpha: expected alpha >= 0, got {alpha}")
-        if not alpha_code >= 0:
-            raise ConfigError(f"method.options.alpha_code: expected alpha_code >= 0, got {alpha_code}")
-        if variant not in _VARIANTS:
-            raise ConfigError(f"method.options.variant: expected one of {', '.join(_VARIANTS)}, got {variant!r}")
         self.members_before = members_before
-        self.alpha = float(alpha)
+        self.alpha = alpha
         self.variant = variant
-        self.alpha_code = float(alpha_code)
+        self.alpha_code = alpha_code
+        self.unbiased = unbiased
         # per instance: the number of teachers is the member's position in the ensemble; with
         # None, any number is accepted and stage features are requested in case there are some
         self.requires = Requires(teachers=members_before or 0,
                                  features=members_before is None or members_before > 0,
-                                 uses_teachers=members_before is None)
+                                 uses_teachers=members_before is None, teacher_mode=teacher_mode)
 
     def setup(self, model, teachers: Sequence = ()) -> None:
         if self.members_before is None:
             self.members_before = len(teachers)
 
-    def loss(self, out, batch, teachers: Sequence = ()):
-        ce = F.cross_entropy(out.logits, batch.y)
+    def loss(self, out: ModelOutput, batch: Batch, teachers: Sequence[ModelOutput] = ()) -> Dict[str, torch.Tensor]:
+        ce = cross_entropy(out.logits, batch.y)
         terms = {"ce": ce}
         n_t = self.members_before
         if n_t == 0:
             return terms
-        if len(teachers) < n_t:
-            raise ValueError(f"orthogonal: members_before={n_t} needs {n_t} teacher outputs, got {len(teachers)}")
-        if out.features is None or any(t.features is None for t in teachers[:n_t]):
-            raise ValueError("orthogonal: the student and teacher outputs must carry stage features "
-                             "(forward with return_features=True)")
-        student = out.features[-1]
-        or_mean = sum(orthogonal_loss(student, t.features[-1], self.variant) for t in teachers[:n_t]) / n_t
+        earlier = need_teacher(teachers, "orthogonal", n_t)
+        student = need_features(out, "orthogonal")[-1]
+        or_mean = sum(orthogonal_loss(student, need_features(t, "orthogonal")[-1], self.variant, self.unbiased)
+                      for t in earlier) / n_t                                  # Eq. 6: (1/(n−1))·Σ L_OR
         if self.variant == "official":
             terms["or"] = dynamic_or_weight(ce, or_mean, self.alpha_code) * or_mean
         else:

@@ -9,22 +9,24 @@ Each is a plain loss function plus a registered Method:
   bootstrap_hard      CE against β·Y + (1−β)·onehot(argmax p)
   disturb_label       CE with each label resampled uniformly with prob. α   Xie et al., CVPR 2016
   pairwise_confusion  CE + λ·mean ‖p_i − p_j‖² over cross-class pairs        Dubey et al., ECCV 2018
+                      (variant ``code``: CE + λ·Σ ‖z_i − z_j‖₂ / B on logits, λ = 10, as the
+                      authors' released code and the OLS authors' baseline compute it)
 
 Softmax and log are taken in at least float32 (fp16/bf16 logits are upcast; float64 stays
 float64). Defaults and their sources are listed in docs/methods.md.
 """
 from __future__ import annotations
 
-import math
-from typing import List, Optional, Union
+from typing import Annotated, Dict, List, Literal, Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
 
 from ..errors import ConfigError
-from ..registry import METHODS
-from .base import Method
-from .ce import upcast
+from ..models.base import ModelOutput
+from ..registry import METHODS, Range
+from .base import Batch, Method
+from .functional import cross_entropy, entropy, masked_mean, soft_cross_entropy, upcast
 
 __all__ = [
     "entropy", "confidence_penalty", "maxent_loss", "focal_loss", "reverse_cross_entropy",
@@ -33,37 +35,21 @@ __all__ = [
 ]
 
 
-def _finite(value: float, key: str, low: float = 0.0, high: float = math.inf, low_open: bool = False) -> float:
-    """One-line ConfigError naming ``method.options.<key>`` unless low <= value <= high."""
-    ok = math.isfinite(value) and (value > low if low_open else value >= low) and value <= high
-    if not ok:
-        lo = f"{low:g} {'<' if low_open else '<='} "
-        hi = "" if high == math.inf else f" <= {high:g}"
-        raise ConfigError(f"method.options.{key}: expected {lo}{key}{hi}, got {value}")
-    return float(value)
-
-
 # --------------------------------------------------------------------------- maxent
-def entropy(logits: torch.Tensor) -> torch.Tensor:
-    """Per-sample entropy H(p) = −Σ_k p_k log p_k of p = softmax(logits) (B values)."""
-    logp = F.log_softmax(upcast(logits), dim=1)
-    return -(logp.exp() * logp).sum(dim=1)
-
-
 def confidence_penalty(logits: torch.Tensor, beta: float = 0.1,
                        threshold: Optional[float] = None) -> torch.Tensor:
     """The penalty term alone, batch mean: −β·H(p), or β·max(0, Γ − H(p)) with a threshold Γ
     (Pereyra et al. §3: penalise only distributions whose entropy is below Γ)."""
     h = entropy(logits)
     if threshold is None:
-        return -beta * h.mean()
+        return -beta * h.mean()  # Pereyra et al. Eq. 2: −β·H(p)
     return beta * (threshold - h).clamp_min(0).mean()
 
 
 def maxent_loss(logits: torch.Tensor, labels: torch.Tensor, beta: float = 0.1,
                 threshold: Optional[float] = None) -> torch.Tensor:
     """Confidence penalty (Pereyra et al. 2017, §3): mean CE − β·H(p)."""
-    return F.cross_entropy(upcast(logits), labels) + confidence_penalty(logits, beta, threshold)
+    return cross_entropy(logits, labels) + confidence_penalty(logits, beta, threshold)
 
 
 # --------------------------------------------------------------------------- focal
@@ -78,7 +64,7 @@ def focal_loss(logits: torch.Tensor, labels: torch.Tensor, gamma: float = 2.0,
     # 1 − p_y computed as −expm1(log p_y): exact near p_y = 1; clamped above 0 so that the
     # gradient of the power stays finite for γ < 1.
     one_minus = (-torch.expm1(logp_y)).clamp_min(torch.finfo(logp_y.dtype).tiny)
-    loss = -one_minus.pow(gamma) * logp_y
+    loss = -one_minus.pow(gamma) * logp_y  # Lin et al. Eq. 5
     if alpha is not None:
         if isinstance(alpha, torch.Tensor) and alpha.dim() == 1:
             loss = alpha.to(loss.dtype)[labels] * loss
@@ -94,13 +80,13 @@ def reverse_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, log_clamp:
     p = F.softmax(upcast(logits), dim=1)
     onehot = F.one_hot(labels, p.shape[1]).to(torch.bool)
     log_q = torch.where(onehot, torch.zeros_like(p), torch.full_like(p, log_clamp))
-    return -(p * log_q).sum(dim=1).mean()
+    return -(p * log_q).sum(dim=1).mean()  # Wang et al. Eq. 3 (RCE)
 
 
 def sce_loss(logits: torch.Tensor, labels: torch.Tensor, alpha: float = 0.1, beta: float = 1.0,
              log_clamp: float = -4.0) -> torch.Tensor:
     """Symmetric cross-entropy (Wang et al. 2019, §3): α·CE + β·RCE."""
-    return alpha * F.cross_entropy(upcast(logits), labels) + beta * reverse_cross_entropy(logits, labels, log_clamp)
+    return alpha * cross_entropy(logits, labels) + beta * reverse_cross_entropy(logits, labels, log_clamp)
 
 
 # --------------------------------------------------------------------------- bootstrapping
@@ -127,15 +113,12 @@ def bootstrap_soft_loss(logits: torch.Tensor, labels: torch.Tensor, beta: float 
     """mean_i −Σ_k [β·Y + (1−β)·p]_ik·log p_ik. With gradient through p this is
     β·CE + (1−β)·H(p), the minimum-entropy form Reed et al. (§3) state it is equivalent to;
     with ``detach=True`` its gradient equals that of β·CE alone."""
-    logp = F.log_softmax(upcast(logits), dim=1)
-    target = bootstrap_soft_targets(logits, labels, beta, detach)
-    return -(target * logp).sum(dim=1).mean()
+    return soft_cross_entropy(logits, bootstrap_soft_targets(logits, labels, beta, detach))
 
 
 def bootstrap_hard_loss(logits: torch.Tensor, labels: torch.Tensor, beta: float = 0.8) -> torch.Tensor:
     """mean_i −Σ_k [β·Y + (1−β)·onehot(argmax p)]_ik·log p_ik."""
-    logp = F.log_softmax(upcast(logits), dim=1)
-    return -(bootstrap_hard_targets(logits, labels, beta) * logp).sum(dim=1).mean()
+    return soft_cross_entropy(logits, bootstrap_hard_targets(logits, labels, beta))
 
 
 # --------------------------------------------------------------------------- DisturbLabel
@@ -151,21 +134,29 @@ def disturb_labels(labels: torch.Tensor, num_classes: int, alpha: float = 0.1,
 
 
 # --------------------------------------------------------------------------- Pairwise Confusion
-def pairwise_confusion(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+def pairwise_confusion(logits: torch.Tensor, labels: torch.Tensor, variant: str = "paper") -> torch.Tensor:
     """Euclidean Confusion (Dubey et al. 2018, §3): the batch is split in halves and sample i
-    is paired with i + ⌊B/2⌋ (an odd batch leaves its last sample unpaired); the mean of
-    ‖p_i − p_j‖²₂ over the pairs with y_i ≠ y_j (0 when there is none)."""
-    p = F.softmax(upcast(logits), dim=1)
-    n = p.shape[0] // 2
-    left, right = p[:n], p[n:2 * n]
-    differ = (labels[:n] != labels[n:2 * n]).to(p.dtype)
-    dist = (left - right).pow(2).sum(dim=1)
-    return (dist * differ).sum() / differ.sum().clamp_min(1.0)
+    is paired with i + ⌊B/2⌋ (an odd batch leaves its last sample unpaired).
+
+    paper: the mean of ‖p_i − p_j‖²₂ (p = softmax) over the pairs with y_i ≠ y_j (0 when none).
+    code:  Σ_pairs ‖z_i − z_j‖₂ / B on the logits z, every pair, the norm not squared: the
+           authors' released code (abhimanyudubey/confusion), as the OLS authors' baseline
+           (zhangchbin/OnlineLabelSmoothing) applies it to the network's output."""
+    z = upcast(logits)
+    n = z.shape[0] // 2
+    if variant == "code":
+        return torch.linalg.vector_norm(z[:n] - z[n:2 * n], dim=1).sum() / z.shape[0]
+    if variant != "paper":
+        raise ValueError(f"variant must be 'paper' or 'code', got {variant!r}")
+    p = F.softmax(z, dim=1)
+    dist = (p[:n] - p[n:2 * n]).pow(2).sum(dim=1)               # Dubey et al. Eq. 4: ‖p_i − p_j‖²
+    return masked_mean(dist, labels[:n] != labels[n:2 * n])    # over cross-class pairs only
 
 
-def pairwise_confusion_loss(logits: torch.Tensor, labels: torch.Tensor, lam: float) -> torch.Tensor:
+def pairwise_confusion_loss(logits: torch.Tensor, labels: torch.Tensor, lam: float,
+                            variant: str = "paper") -> torch.Tensor:
     """CE + λ·Euclidean Confusion."""
-    return F.cross_entropy(upcast(logits), labels) + lam * pairwise_confusion(logits, labels)
+    return cross_entropy(logits, labels) + lam * pairwise_confusion(logits, labels, variant)
 
 
 # =========================================================================== methods
@@ -176,13 +167,13 @@ class ConfidencePenalty(Method):
     """Options: ``beta`` (0.1) and ``threshold`` Γ (None: plain −β·H; else β·max(0, Γ−H)).
     Logged terms: ``ce`` and ``entropy`` (the weighted penalty, ≤ 0 without a threshold)."""
 
-    def __init__(self, num_classes: int, beta: float = 0.1, threshold: Optional[float] = None):
+    def __init__(self, num_classes: int, beta: Annotated[float, Range(0.0)] = 0.1,
+                 threshold: Optional[Annotated[float, Range(0.0, low_open=True)]] = None):
         super().__init__(num_classes)
-        self.beta = _finite(beta, "beta")
-        self.threshold = None if threshold is None else _finite(threshold, "threshold", low_open=True)
+        self.beta, self.threshold = beta, threshold
 
-    def loss(self, out, batch, teachers=()):
-        return {"ce": F.cross_entropy(upcast(out.logits), batch.y),
+    def loss(self, out: ModelOutput, batch: Batch, teachers: Sequence[ModelOutput] = ()) -> Dict[str, torch.Tensor]:
+        return {"ce": cross_entropy(out.logits, batch.y),
                 "entropy": confidence_penalty(out.logits, self.beta, self.threshold)}
 
 
@@ -192,24 +183,24 @@ class FocalLoss(Method):
     """Options: ``gamma`` (2.0) and ``alpha`` (None: off; a number; or K per-class weights).
     Logged term: ``focal``."""
 
-    def __init__(self, num_classes: int, gamma: float = 2.0, alpha: Union[None, float, List[float]] = None):
+    def __init__(self, num_classes: int, gamma: Annotated[float, Range(0.0)] = 2.0,
+                 alpha: Union[None, Annotated[float, Range(0.0, low_open=True)], List[float]] = None):
         super().__init__(num_classes)
-        self.gamma = _finite(gamma, "gamma")
+        self.gamma = gamma
         self.alpha_scalar: Optional[float] = None
         weights = None
-        if isinstance(alpha, (list, tuple)):
-            if len(alpha) != num_classes:
-                raise ConfigError(f"method.options.alpha: expected {num_classes} class weights, got {len(alpha)}")
-            if not all(isinstance(a, (int, float)) and not isinstance(a, bool) and math.isfinite(a) and a >= 0
-                       for a in alpha):
-                raise ConfigError(f"method.options.alpha: expected non-negative numbers, got {list(alpha)}")
+        if isinstance(alpha, (list, tuple)):  # a per-class list: its length depends on K (cross-field)
+            if len(alpha) != num_classes or not all(
+                    isinstance(a, (int, float)) and not isinstance(a, bool) and Range(0.0).ok(a) for a in alpha):
+                raise ConfigError(f"method.options.alpha: expected {num_classes} finite class weights >= 0, "
+                                  f"got {list(alpha)}")
             weights = torch.tensor([float(a) for a in alpha])
         elif alpha is not None:
-            self.alpha_scalar = _finite(alpha, "alpha", low_open=True)
+            self.alpha_scalar = alpha
         # derived from the config, so not part of the checkpoint
         self.register_buffer("alpha_weights", weights, persistent=False)
 
-    def loss(self, out, batch, teachers=()):
+    def loss(self, out: ModelOutput, batch: Batch, teachers: Sequence[ModelOutput] = ()) -> Dict[str, torch.Tensor]:
         alpha = self.alpha_weights if self.alpha_weights is not None else self.alpha_scalar
         return {"focal": focal_loss(out.logits, batch.y, self.gamma, alpha)}
 
@@ -218,28 +209,27 @@ class FocalLoss(Method):
                   reference="Wang et al., Symmetric Cross Entropy for Robust Learning with Noisy "
                             "Labels, ICCV 2019")
 class SymmetricCrossEntropy(Method):
-    """Options: ``alpha`` (0.1), ``beta`` (1.0), ``log_clamp`` A (−4). Logged terms ``ce``
-    (weighted α) and ``rce`` (weighted β)."""
+    """Options: ``alpha`` (0.1), ``beta`` (1.0), ``log_clamp`` A (−4). The defaults are Wang et
+    al.'s CIFAR-10 setting; on CIFAR-100 both their code and the OLS authors' use α = 6, β = 0.1
+    (OLS Table II): dataset-dependent values belong in the recipes and paper studies. Logged
+    terms ``ce`` (weighted α) and ``rce`` (weighted β)."""
 
-    def __init__(self, num_classes: int, alpha: float = 0.1, beta: float = 1.0, log_clamp: float = -4.0):
+    def __init__(self, num_classes: int, alpha: Annotated[float, Range(0.0)] = 0.1,
+                 beta: Annotated[float, Range(0.0)] = 1.0,
+                 log_clamp: Annotated[float, Range(high=0.0, high_open=True)] = -4.0):
         super().__init__(num_classes)
-        self.alpha = _finite(alpha, "alpha")
-        self.beta = _finite(beta, "beta")
-        if not (math.isfinite(log_clamp) and log_clamp < 0):
-            raise ConfigError(f"method.options.log_clamp: expected a finite value < 0, got {log_clamp}")
-        self.log_clamp = float(log_clamp)
+        self.alpha, self.beta, self.log_clamp = alpha, beta, log_clamp
 
-    def loss(self, out, batch, teachers=()):
-        return {"ce": self.alpha * F.cross_entropy(upcast(out.logits), batch.y),
+    def loss(self, out: ModelOutput, batch: Batch, teachers: Sequence[ModelOutput] = ()) -> Dict[str, torch.Tensor]:
+        return {"ce": self.alpha * cross_entropy(out.logits, batch.y),
                 "rce": self.beta * reverse_cross_entropy(out.logits, batch.y, self.log_clamp)}
 
 
 def _bootstrap_terms(logits, labels, beta, own_target):
     """Split −Σ [β·Y + (1−β)·T]·log p into ``ce`` = β·CE(Y) and ``self`` = (1−β)·CE(T)."""
-    logp = F.log_softmax(upcast(logits), dim=1)
-    terms = {"ce": beta * F.nll_loss(logp, labels)}
+    terms = {"ce": beta * cross_entropy(logits, labels)}
     if beta < 1.0:
-        terms["self"] = (1.0 - beta) * -(own_target * logp).sum(dim=1).mean()
+        terms["self"] = (1.0 - beta) * soft_cross_entropy(logits, own_target)  # Reed et al. §3
     return terms
 
 
@@ -251,12 +241,12 @@ class SoftBootstrap(Method):
     the paper's objective; True: p is a constant). Logged terms ``ce`` (β·CE) and ``self``
     ((1−β)·CE against p)."""
 
-    def __init__(self, num_classes: int, beta: float = 0.95, detach: bool = False):
+    def __init__(self, num_classes: int, beta: Annotated[float, Range(0.0, 1.0)] = 0.95, detach: bool = False):
         super().__init__(num_classes)
-        self.beta = _finite(beta, "beta", high=1.0)
+        self.beta = beta
         self.detach = detach
 
-    def loss(self, out, batch, teachers=()):
+    def loss(self, out: ModelOutput, batch: Batch, teachers: Sequence[ModelOutput] = ()) -> Dict[str, torch.Tensor]:
         p = F.softmax(upcast(out.logits), dim=1)
         return _bootstrap_terms(out.logits, batch.y, self.beta, p.detach() if self.detach else p)
 
@@ -268,11 +258,11 @@ class HardBootstrap(Method):
     """Option: ``beta`` (0.8). Logged terms ``ce`` (β·CE) and ``self`` ((1−β)·CE against the
     predicted class)."""
 
-    def __init__(self, num_classes: int, beta: float = 0.8):
+    def __init__(self, num_classes: int, beta: Annotated[float, Range(0.0, 1.0)] = 0.8):
         super().__init__(num_classes)
-        self.beta = _finite(beta, "beta", high=1.0)
+        self.beta = beta
 
-    def loss(self, out, batch, teachers=()):
+    def loss(self, out: ModelOutput, batch: Batch, teachers: Sequence[ModelOutput] = ()) -> Dict[str, torch.Tensor]:
         logits = out.logits.detach()
         pred = F.one_hot(logits.argmax(dim=1), logits.shape[1]).to(upcast(logits).dtype)
         return _bootstrap_terms(out.logits, batch.y, self.beta, pred)
@@ -284,25 +274,30 @@ class DisturbLabel(Method):
     """Option: ``alpha`` (0.1), the probability that a label is redrawn uniformly from all K
     classes in this step. Logged term ``ce`` (against the disturbed labels)."""
 
-    def __init__(self, num_classes: int, alpha: float = 0.1):
+    def __init__(self, num_classes: int, alpha: Annotated[float, Range(0.0, 1.0)] = 0.1):
         super().__init__(num_classes)
-        self.alpha = _finite(alpha, "alpha", high=1.0)
+        self.alpha = alpha
 
-    def loss(self, out, batch, teachers=()):
+    def loss(self, out: ModelOutput, batch: Batch, teachers: Sequence[ModelOutput] = ()) -> Dict[str, torch.Tensor]:
         y = disturb_labels(batch.y, self.num_classes, self.alpha) if self.alpha > 0 else batch.y
-        return {"ce": F.cross_entropy(upcast(out.logits), y)}
+        return {"ce": cross_entropy(out.logits, y)}
 
 
 @METHODS.register("pairwise_confusion", "Pairwise Confusion: CE + lambda*||p_i - p_j||^2 over cross-class pairs",
                   reference="Dubey et al., Pairwise Confusion for Fine-Grained Visual Classification, ECCV 2018")
 class PairwiseConfusion(Method):
-    """Option: ``lam`` λ (None: 0.1·K, the low end of the authors' recommended 0.1N–0.2N).
-    Logged terms ``ce`` and ``confusion`` (weighted λ)."""
+    """Options: ``variant`` paper (default: squared distance of the softmax outputs over
+    cross-class pairs) | code (L2 distance of the logits over all pairs, divided by the batch
+    size: the authors' released code, used with λ = 10 by the OLS authors' baseline);
+    ``lam`` λ (None: the variant's: paper 0.1·K, the low end of the authors' recommended
+    0.1N–0.2N; code 10). Logged terms ``ce`` and ``confusion`` (weighted λ)."""
 
-    def __init__(self, num_classes: int, lam: Optional[float] = None):
+    def __init__(self, num_classes: int, lam: Optional[Annotated[float, Range(0.0)]] = None,
+                 variant: Literal["paper", "code"] = "paper"):
         super().__init__(num_classes)
-        self.lam = 0.1 * num_classes if lam is None else _finite(lam, "lam")
+        self.variant = variant
+        self.lam = lam if lam is not None else (10.0 if variant == "code" else 0.1 * num_classes)
 
-    def loss(self, out, batch, teachers=()):
-        return {"ce": F.cross_entropy(upcast(out.logits), batch.y),
-                "confusion": self.lam * pairwise_confusion(out.logits, batch.y)}
+    def loss(self, out: ModelOutput, batch: Batch, teachers: Sequence[ModelOutput] = ()) -> Dict[str, torch.Tensor]:
+        return {"ce": cross_entropy(out.logits, batch.y),
+                "confusion": self.lam * pairwise_confusion(out.logits, batch.y, self.variant)}

@@ -18,17 +18,16 @@ The paper has no temperature (T = 1 here by default). Inference uses the model's
 """
 from __future__ import annotations
 
-from typing import Dict, List, Optional
+from typing import Annotated, Dict, List, Optional, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from ..errors import ConfigError, SoftlabelsError
+from ..errors import ConfigError
 from ..models.base import ModelOutput
-from ..registry import METHODS
-from .base import Method, Requires, option_number
-from .ce import upcast
+from ..registry import METHODS, Range
+from .base import Batch, Method, Requires, need_aux, need_setup
+from .functional import cross_entropy, tempered_kl
 
 SLA_REFERENCE = ("Lee, Hwang, Shin, Self-supervised Label Augmentation via Input Transformations, "
                  "ICML 2020 (SLA+SD)")
@@ -53,7 +52,7 @@ def joint_labels(labels: torch.Tensor) -> torch.Tensor:
 
 def sla_joint_ce(joint_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """L_SLA: CE of the 4B×4K joint logits against ``joint_labels(labels)`` (mean over 4B)."""
-    return F.cross_entropy(upcast(joint_logits), joint_labels(labels))
+    return cross_entropy(joint_logits, joint_labels(labels))
 
 
 def aggregate_joint_logits(joint_logits: torch.Tensor) -> torch.Tensor:
@@ -70,15 +69,7 @@ def aggregate_joint_logits(joint_logits: torch.Tensor) -> torch.Tensor:
 def sla_sd_kl(logits: torch.Tensor, joint_logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
     """T²·KL(softmax(s/T) ‖ softmax(z/T)), s = aggregate_joint_logits(joint_logits) detached
     (the paper treats P_aggregated as a constant); batch mean, summed over classes."""
-    if temperature <= 0:
-        raise ValueError(f"temperature must be > 0, got {temperature}")
-    t = temperature
-    teacher = upcast(aggregate_joint_logits(joint_logits.detach()))
-    z = upcast(logits)
-    dtype = torch.promote_types(z.dtype, teacher.dtype)
-    log_q = F.log_softmax(teacher.to(dtype) / t, dim=1)
-    log_p = F.log_softmax(z.to(dtype) / t, dim=1)
-    return t * t * (log_q.exp() * (log_q - log_p)).sum(dim=1).mean()
+    return tempered_kl(logits, aggregate_joint_logits(joint_logits.detach()), temperature)  # §2.3: L_SD
 
 
 def sla_sd_loss(logits: torch.Tensor, joint_logits: torch.Tensor, labels: torch.Tensor,
@@ -86,7 +77,7 @@ def sla_sd_loss(logits: torch.Tensor, joint_logits: torch.Tensor, labels: torch.
     """L_SLA + λ·T²·KL(P_agg ‖ p) + β·CE(z, y); ``logits`` are the K-way head's on x̃_0."""
     loss = sla_joint_ce(joint_logits, labels) + lam * sla_sd_kl(logits, joint_logits, temperature)
     if beta:
-        loss = loss + beta * F.cross_entropy(upcast(logits), labels)
+        loss = loss + beta * cross_entropy(logits, labels)
     return loss
 
 
@@ -114,12 +105,10 @@ class SLASelfDistillation(Method):
 
     requires = Requires()
 
-    def __init__(self, num_classes: int, temperature: float = 1.0, lam: float = 1.0,
-                 beta: float = 1.0):
+    def __init__(self, num_classes: int, temperature: Annotated[float, Range(0.0, low_open=True)] = 1.0,
+                 lam: Annotated[float, Range(0.0)] = 1.0, beta: Annotated[float, Range(0.0)] = 1.0):
         super().__init__(num_classes)
-        self.temperature = option_number("temperature", temperature, 0.0, strict=True)
-        self.lam = option_number("lam", lam, 0.0, strict=False)
-        self.beta = option_number("beta", beta, 0.0, strict=False)
+        self.temperature, self.lam, self.beta = temperature, lam, beta
         self.joint_head: Optional[nn.Linear] = None
 
     def setup(self, model, teachers=()) -> None:
@@ -130,24 +119,20 @@ class SLASelfDistillation(Method):
         self.joint_head = nn.Linear(dim, NUM_ROTATIONS * self.num_classes)
 
     def forward_batch(self, net, batch, features: bool):
-        if self.joint_head is None:
-            raise RuntimeError("sla_sd: the joint head is built in setup(model); call it before training")
+        head = need_setup(self.joint_head, "sla_sd", "the joint head")
         b = batch.x.shape[0]
         full = net(rotations(batch.x), return_features=features)
-        joint = self.joint_head(full.embedding)
+        joint = head(full.embedding)
         feats: Optional[List[torch.Tensor]] = (
             None if full.features is None else [_first_block(f, b) for f in full.features])
         out = ModelOutput(full.logits[:b], full.embedding[:b], feats)
         out.aux["joint"] = ModelOutput(joint, full.embedding)
         return out
 
-    def loss(self, out, batch, teachers=()) -> Dict[str, torch.Tensor]:
-        if "joint" not in out.aux:
-            raise SoftlabelsError("sla_sd: out.aux has no 'joint'; it is set by the method's own "
-                                  "forward pass (forward_batch)")
-        joint = out.aux["joint"].logits
-        terms = {"joint": sla_joint_ce(joint, batch.y),
-                 "sd": self.lam * sla_sd_kl(out.logits, joint, self.temperature)}
+    def loss(self, out: ModelOutput, batch: Batch, teachers: Sequence[ModelOutput] = ()) -> Dict[str, torch.Tensor]:
+        joint = need_aux(out, "joint", "sla_sd").logits
+        terms = {"joint": sla_joint_ce(joint, batch.y),                               # §2.1: L_SLA
+                 "sd": self.lam * sla_sd_kl(out.logits, joint, self.temperature)}     # §2.3: λ·L_SD
         if self.beta:
-            terms["ce"] = self.beta * F.cross_entropy(upcast(out.logits), batch.y)
+            terms["ce"] = self.beta * cross_entropy(out.logits, batch.y)
         return terms

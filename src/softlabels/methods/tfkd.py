@@ -21,16 +21,15 @@ values to its supplementary material.
 """
 from __future__ import annotations
 
-import math
-from typing import Literal, Optional
+from typing import Annotated, Dict, Literal, Optional, Sequence
 
 import torch
-import torch.nn.functional as F
 
 from ..errors import ConfigError
-from ..registry import METHODS
-from .base import Method, Requires
-from .ce import upcast
+from ..models.base import ModelOutput
+from ..registry import METHODS, Range
+from .base import Batch, Method, Requires, TeacherMode, need_teacher
+from .functional import cross_entropy, target_kl, upcast
 from .kd import kd_kl
 
 TFKD_REFERENCE = ("Yuan, Tay, Li, Wang, Feng, Revisiting Knowledge Distillation via Label Smoothing "
@@ -77,16 +76,9 @@ def tfkd_reg_kl(logits: torch.Tensor, labels: torch.Tensor, temperature: float =
     k = logits.shape[1]
     dist = virtual_teacher_distribution(labels, k, correct_prob, logits.dtype)
     if variant == "paper":
-        t = temperature
-        target = soften_distribution(dist, t)
-        log_p = F.log_softmax(logits / t, dim=1)
-        kl = (torch.xlogy(target, target) - target * log_p).sum(dim=1).mean()
-        return t * t * kl
+        return target_kl(logits, soften_distribution(dist, temperature), temperature)  # §5: T²·KL(p^d_T ‖ p_T)
     if variant == "official":
-        target = torch.softmax(dist / temperature, dim=1)
-        log_p = F.log_softmax(logits, dim=1)
-        kl = (torch.xlogy(target, target) - target * log_p).sum(dim=1).mean()
-        return (multiplier / k) * kl
+        return (multiplier / k) * target_kl(logits, torch.softmax(dist / temperature, dim=1), 1.0)
     raise ValueError(f"tfkd_reg_kl: variant must be 'paper' or 'official', got {variant!r}")
 
 
@@ -94,7 +86,7 @@ def tfkd_reg_loss(logits: torch.Tensor, labels: torch.Tensor, alpha: float = REG
                   temperature: float = REG_TEMPERATURE, correct_prob: float = REG_CORRECT_PROB,
                   variant: str = "paper", multiplier: float = REG_MULTIPLIER) -> torch.Tensor:
     """Tf-KD_reg: (1−α)·CE(z, y) + α·(soft term of :func:`tfkd_reg_kl`)."""
-    ce = F.cross_entropy(upcast(logits), labels)
+    ce = cross_entropy(logits, labels)
     return (1 - alpha) * ce + alpha * tfkd_reg_kl(logits, labels, temperature, correct_prob, variant, multiplier)
 
 
@@ -116,7 +108,7 @@ def tfkd_self_loss(logits: torch.Tensor, labels: torch.Tensor, teacher_logits: t
                    multiplier: float = SELF_MULTIPLIER) -> torch.Tensor:
     """Tf-KD_self: (1−α)·CE + α·T²·KL(softmax(b/T) ‖ softmax(z/T)), ``b`` from a pre-trained
     copy of the student; the paper form equals ``kd_loss`` with T = 6, α = 0.95."""
-    ce = F.cross_entropy(upcast(logits), labels)
+    ce = cross_entropy(logits, labels)
     return (1 - alpha) * ce + alpha * tfkd_self_kl(logits, teacher_logits, temperature, variant, multiplier)
 
 
@@ -139,15 +131,9 @@ def architecture_mismatch(student, teacher) -> Optional[str]:
 
 
 # ---------------------------------------------------------------------------- methods
-def _check_common(temperature, alpha, variant, multiplier) -> None:
-    if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature > 0):
-        raise ConfigError(f"method.options.temperature: expected a value > 0, got {temperature}")
-    if not 0.0 <= alpha <= 1.0:
-        raise ConfigError(f"method.options.alpha: expected 0 <= alpha <= 1, got {alpha}")
-    if variant not in ("paper", "official"):
-        raise ConfigError(f"method.options.variant: expected 'paper' or 'official', got {variant!r}")
-    if not (math.isfinite(multiplier) and multiplier >= 0):
-        raise ConfigError(f"method.options.multiplier: expected a finite value >= 0, got {multiplier}")
+Temperature = Annotated[float, Range(0.0, low_open=True)]
+Weight = Annotated[float, Range(0.0, 1.0)]
+Multiplier = Annotated[float, Range(0.0)]
 
 
 @METHODS.register("tfkd_self", "Tf-KD self-training: KD from a pre-trained copy of the student (T=6, a=0.95)",
@@ -160,19 +146,20 @@ class TeacherFreeSelfKD(Method):
     ResNet-18 self-teacher config. ``same_architecture`` (default true) rejects a teacher of
     another class or other parameter shapes before training. ``variant`` paper | official;
     ``multiplier`` (official only, default 50, the same config) scales the KL by multiplier/K.
-    Logged terms: ``ce`` (weighted 1−α, left out when α = 1) and ``kl``.
+    ``teacher_mode`` eval (default; the released code also evaluates the teacher in eval mode) |
+    train. Logged terms: ``ce`` (weighted 1−α, left out when α = 1) and ``kl``.
     """
 
     requires = Requires(teachers=1)
 
-    def __init__(self, num_classes: int, temperature: float = SELF_TEMPERATURE, alpha: float = SELF_ALPHA,
+    def __init__(self, num_classes: int, temperature: Temperature = SELF_TEMPERATURE, alpha: Weight = SELF_ALPHA,
                  same_architecture: bool = True, variant: Literal["paper", "official"] = "paper",
-                 multiplier: float = SELF_MULTIPLIER):
+                 multiplier: Multiplier = SELF_MULTIPLIER, teacher_mode: TeacherMode = "eval"):
         super().__init__(num_classes)
-        _check_common(temperature, alpha, variant, multiplier)
-        self.temperature, self.alpha = float(temperature), float(alpha)
-        self.same_architecture = bool(same_architecture)
-        self.variant, self.multiplier = variant, float(multiplier)
+        self.temperature, self.alpha = temperature, alpha
+        self.same_architecture = same_architecture
+        self.variant, self.multiplier = variant, multiplier
+        self.requires = Requires(teachers=1, teacher_mode=teacher_mode)
 
     def setup(self, model, teachers=()) -> None:
         if not teachers:
@@ -186,13 +173,12 @@ class TeacherFreeSelfKD(Method):
                     f"train the teacher with the student's model, or set "
                     f"method.options.same_architecture=false")
 
-    def loss(self, out, batch, teachers=()):
-        if not teachers:
-            raise ValueError("tfkd_self: needs the output of one teacher model in `teachers`")
+    def loss(self, out: ModelOutput, batch: Batch, teachers: Sequence[ModelOutput] = ()) -> Dict[str, torch.Tensor]:
+        (teacher,) = need_teacher(teachers, "tfkd_self")
         terms = {}
         if self.alpha < 1.0:
-            terms["ce"] = (1 - self.alpha) * F.cross_entropy(upcast(out.logits), batch.y)
-        terms["kl"] = self.alpha * tfkd_self_kl(out.logits, teachers[0].logits, self.temperature,
+            terms["ce"] = (1 - self.alpha) * cross_entropy(out.logits, batch.y)
+        terms["kl"] = self.alpha * tfkd_self_kl(out.logits, teacher.logits, self.temperature,
                                                 self.variant, self.multiplier)
         return terms
 
@@ -208,23 +194,19 @@ class TeacherFreeRegularization(Method):
     default 100). Logged terms: ``ce`` (weighted 1−α, left out when α = 1) and ``kl``.
     """
 
-    def __init__(self, num_classes: int, alpha: float = REG_ALPHA, temperature: float = REG_TEMPERATURE,
-                 correct_prob: float = REG_CORRECT_PROB, variant: Literal["paper", "official"] = "paper",
-                 multiplier: float = REG_MULTIPLIER):
+    def __init__(self, num_classes: int, alpha: Weight = REG_ALPHA, temperature: Temperature = REG_TEMPERATURE,
+                 correct_prob: Annotated[float, Range(0.0, 1.0, low_open=True, high_open=True)] = REG_CORRECT_PROB,
+                 variant: Literal["paper", "official"] = "paper", multiplier: Multiplier = REG_MULTIPLIER):
         super().__init__(num_classes)
-        _check_common(temperature, alpha, variant, multiplier)
-        if not 0.0 < correct_prob < 1.0:
-            raise ConfigError(f"method.options.correct_prob: expected 0 < a < 1 (the paper uses a >= 0.9), "
-                              f"got {correct_prob}")
         if num_classes < 2:
             raise ConfigError(f"method.name: tfkd_reg needs at least 2 classes, got {num_classes}")
-        self.alpha, self.temperature, self.correct_prob = float(alpha), float(temperature), float(correct_prob)
-        self.variant, self.multiplier = variant, float(multiplier)
+        self.alpha, self.temperature, self.correct_prob = alpha, temperature, correct_prob
+        self.variant, self.multiplier = variant, multiplier
 
-    def loss(self, out, batch, teachers=()):
+    def loss(self, out: ModelOutput, batch: Batch, teachers: Sequence[ModelOutput] = ()) -> Dict[str, torch.Tensor]:
         terms = {}
         if self.alpha < 1.0:
-            terms["ce"] = (1 - self.alpha) * F.cross_entropy(upcast(out.logits), batch.y)
+            terms["ce"] = (1 - self.alpha) * cross_entropy(out.logits, batch.y)
         terms["kl"] = self.alpha * tfkd_reg_kl(out.logits, batch.y, self.temperature, self.correct_prob,
                                                self.variant, self.multiplier)
         return terms

@@ -11,6 +11,11 @@ Runs are grouped by ``run.label`` (``folder_labels`` relabels runs of several fo
 labels collide, ``<folder>/<label>``) and each metric is reported as ``mean ± std`` over seeds, the
 way the papers print their tables. ``std`` is the *sample* standard deviation (ddof = 1, as
 ``statistics.stdev``); a group with a single seed gets ``std = 0``.
+
+A run the engine stopped as collapsed (``final.json`` has ``"collapsed": {"epoch", "reason",
+"split"}``, engine/collapse.py) is never averaged: it is listed in ``Row.collapsed`` and the
+table's seeds column says ``2 + 1 collapsed``; a label whose seeds all collapsed shows
+``collapsed`` in its metric cells.
 """
 from __future__ import annotations
 
@@ -62,10 +67,15 @@ class Row:
     std: Dict[str, float]
     runs: List[str] = field(default_factory=list)  # run directories, in seed order found
     selection: Optional[str] = None  # how "best" was chosen (from the first run)
+    collapsed: List[Any] = field(default_factory=list)  # seeds stopped as collapsed (not averaged)
 
     @property
     def n_seeds(self) -> int:
+        """The seeds in ``mean``/``std`` (collapsed seeds excluded)."""
         return len(self.seeds)
+
+    def seeds_cell(self) -> str:
+        return str(self.n_seeds) + (f" + {len(self.collapsed)} collapsed" if self.collapsed else "")
 
 
 # --------------------------------------------------------------------------- finding runs
@@ -180,6 +190,8 @@ def _label_of(data: Dict[str, Any]) -> str:
 
 def _mean_std(values: Sequence[float]):
     n = len(values)
+    if n == 0:  # every seed collapsed
+        return float("nan"), float("nan")
     mean = math.fsum(values) / n
     if n < 2:
         return mean, 0.0
@@ -215,7 +227,9 @@ def aggregate(
 
     ``which`` picks the ``best`` (model selection on val) or ``last`` epoch's numbers and
     ``split`` the split inside it. ``std`` is the sample standard deviation (ddof = 1); a
-    single seed gives ``std = 0``. A ``null`` metric value counts as NaN. Runs of one label that
+    single seed gives ``std = 0``. A ``null`` metric value counts as NaN. A collapsed run
+    (``final.json`` key ``collapsed``) is left out of ``mean``/``std`` and its seed listed in
+    ``Row.collapsed`` (its metrics need not be present). Runs of one label that
     disagree on dataset or model, or repeat a seed, raise :class:`SoftlabelsError`, since
     averaging them would silently mix different experiments.
     """
@@ -231,7 +245,8 @@ def aggregate(
         data = read_final(file)
         run = data["run"]
         label = (labels or {}).get(str(file.parent), _label_of(data))
-        values = {m: _metric_value(data, file, which, split, m) for m in metrics}
+        collapsed = bool(data.get("collapsed"))
+        values = {} if collapsed else {m: _metric_value(data, file, which, split, m) for m in metrics}
         g = groups.get(label)
         if g is None:
             g = groups[label] = {
@@ -241,6 +256,7 @@ def aggregate(
                 "selection": data.get("selection"),
                 "first": file.parent,
                 "seeds": [],
+                "collapsed": [],
                 "runs": [],
                 "values": {m: [] for m in metrics},
             }
@@ -251,16 +267,16 @@ def aggregate(
                         f"runs labelled {label!r} mix {key}s {g[key]!r} ({g['first']}) and "
                         f"{run.get(key)!r} ({file.parent}); aggregate them separately"
                     )
-            if run["seed"] in g["seeds"]:
-                other = g["runs"][g["seeds"].index(run["seed"])]
+            if run["seed"] in g["seeds"] + g["collapsed"]:
+                other = g["runs"][(g["seeds"] + g["collapsed"]).index(run["seed"])]
                 raise SoftlabelsError(
                     f"runs labelled {label!r} repeat seed {run['seed']!r}: {other} and "
                     f"{file.parent}; report these folders separately or give the runs "
                     f"distinct labels (`softlabels report` without --merge labels them by folder)"
                 )
-        g["seeds"].append(run["seed"])
+        g["collapsed" if collapsed else "seeds"].append(run["seed"])
         g["runs"].append(str(file.parent))
-        for m in metrics:
+        for m in values:
             g["values"][m].append(values[m])
 
     rows = []
@@ -279,6 +295,7 @@ def aggregate(
                 std={m: s[1] for m, s in stats.items()},
                 runs=g["runs"],
                 selection=g["selection"],
+                collapsed=g["collapsed"],
             )
         )
     return rows
@@ -291,7 +308,9 @@ def _display_name(metric: str) -> str:
     return METRIC_INFO.get(metric, (metric, True))[0]
 
 
-def _cell(metric: str, mean: float, std: float) -> str:
+def _cell(metric: str, mean: float, std: float, collapsed: bool = False) -> str:
+    if collapsed:
+        return "collapsed"
     d = _DECIMALS.get(metric, 2)
     return f"{mean:.{d}f} ± {std:.{d}f}"
 
@@ -314,7 +333,8 @@ def format_table(
     Cells are ``mean ± std`` with 2 decimals (NLL: 3). ``metrics`` defaults to those of the
     first row. With ``baseline`` (a row label) an extra column gives the relative top-1 error
     reduction ``(err_baseline − err_method) / err_baseline · 100`` (as CS-KD reports it), blank
-    on the baseline's own row and ``n/a`` when the baseline error is 0. ``fmt`` is one of
+    on the baseline's own row and ``n/a`` when the baseline error is 0. Collapsed seeds are
+    counted in the seeds column (``2 + 1 collapsed``), never in the cells. ``fmt`` is one of
     :data:`TABLE_FORMATS`: ``"text"`` (space-aligned columns), ``"markdown"`` (a GitHub table),
     ``"csv"`` (RFC 4180, the same cells), ``"latex"`` (a ``tabular``; ``±`` as ``$\\pm$``) or
     ``"html"`` (a ``<table>`` element); every format has the same header and cells.
@@ -350,8 +370,9 @@ def format_table(
         header.append(REL_ERR_COLUMN)
     body = []
     for row in rows:
-        cells = [row.label, str(row.n_seeds)]
-        cells += [_cell(m, row.mean[m], row.std[m]) for m in metrics]
+        dead = row.n_seeds == 0 and bool(row.collapsed)
+        cells = [row.label, row.seeds_cell()]
+        cells += [_cell(m, row.mean[m], row.std[m], dead) for m in metrics]
         if baseline is not None:
             if row.label == baseline:
                 cells.append("")
@@ -361,7 +382,7 @@ def format_table(
                         "the relative error reduction needs top1_error to be aggregated"
                     )
                 red = relative_error_reduction(base_err, row.mean["top1_error"])
-                cells.append("n/a" if red is None else f"{red:.2f}")
+                cells.append("n/a" if red is None or dead else f"{red:.2f}")
         body.append(cells)
 
     if fmt in _RENDERERS:
@@ -454,7 +475,8 @@ def write_summary(rows: Sequence[Row], path_json: Union[str, Path]) -> Path:
     """Write the aggregated numbers as JSON (non-finite numbers become ``null``).
 
     Shape: ``{"rows": [{"label", "method", "dataset", "model", "which", "split", "selection",
-    "n_seeds", "seeds", "runs", "metrics": {name: {"mean", "std"}}}]}``. Parent folders are
+    "n_seeds", "seeds", "collapsed_seeds", "runs", "metrics": {name: {"mean", "std"}}}]}``
+    (``seeds``/``n_seeds``: the averaged seeds; ``collapsed_seeds``: those left out). Parent folders are
     created; the file is replaced atomically.
     """
     path = Path(path_json)
@@ -470,6 +492,7 @@ def write_summary(rows: Sequence[Row], path_json: Union[str, Path]) -> Path:
                 "selection": r.selection,
                 "n_seeds": r.n_seeds,
                 "seeds": list(r.seeds),
+                "collapsed_seeds": list(r.collapsed),
                 "runs": list(r.runs),
                 "metrics": {
                     m: {"mean": _finite_or_none(r.mean[m]), "std": _finite_or_none(r.std[m])}
