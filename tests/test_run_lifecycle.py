@@ -152,7 +152,7 @@ def test_a_training_sidecar_without_optimizer_state_is_one_line(tmp_path):
 def test_killed_before_the_first_checkpoint_resume_restarts_it(tmp_path, capsys, monkeypatch):
     run = tmp_path / "r"
 
-    def boom(self, batch):
+    def boom(self, batch, **kwargs):
         raise KeyboardInterrupt
 
     with monkeypatch.context() as m:
@@ -422,11 +422,11 @@ sys.path.insert(0, {src!r})
 from softlabels.engine.trainer import Trainer
 from softlabels.errors import DataError
 real = Trainer.train_step
-def step(self, batch, _n=[0]):
+def step(self, batch, _n=[0], **kwargs):
     _n[0] += 1
     if os.environ["RANK"] == "1" and _n[0] == 2:
         raise DataError("image 17 of the training set is unreadable")
-    return real(self, batch)
+    return real(self, batch, **kwargs)
 Trainer.train_step = step
 from softlabels.cli import main
 sys.exit(main(sys.argv[1:]))
