@@ -124,7 +124,7 @@ def test_multi_gpu_column_runs_under_torchrun(tmp_path):
     assert run_resources(plan, plan.by_id()["ce/e/seed0"], LaunchOptions(gpus_per_run=2))["gpus"] == 2
     cmd = child_command(Path("req.json"), spec.id, 4, device="cuda")
     assert cmd[:5] == [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=4"]
-    assert cmd[5:] == ["-m", "softlabels.launch", "--request", "req.json", "--run", "ce/d/seed0", "--device", "cuda"]
+    assert cmd[5:] == ["-m", "softlabels.launch", "--request", "req.json", "--run-id", "ce/d/seed0", "--device", "cuda"]
     assert child_command(Path("r"), "x", 1)[:3] == [sys.executable, "-m", "softlabels.launch"]
     # a 4-GPU run cannot start on 2 CPU slots: one line before anything runs
     with pytest.raises(ConfigError, match="asks for 4 GPUs"):

@@ -3,7 +3,7 @@ or SLURM jobs through ``submitit`` (issue 15).
 
 The launcher never moves a model or a teacher between processes. It writes the arguments the
 plan was made from (``plan.request``) to ``<study folder>/_launch/request.json``; each run is a
-child process ``python -m softlabels.launch --request FILE --run ID`` that loads and plans the
+child process ``python -m softlabels.launch --request FILE --run-id ID`` that loads and plans the
 same study again and executes that one run through :func:`softlabels.study.execute_run` (the
 one run manager). A run whose column asks for several GPUs (``resources: {gpus: N}``) is started
 under ``torchrun --standalone --nproc_per_node N`` (DDP; on CPU N gloo processes).
@@ -156,7 +156,7 @@ def child_command(request: Path, run_id: str, procs: int = 1, threads: Optional[
                   device: Optional[str] = None) -> List[str]:
     """The command of one run's process: ``python -m softlabels.launch …``, under ``torchrun``
     (``python -m torch.distributed.run --standalone --nproc_per_node N``) when ``procs`` > 1."""
-    tail = ["-m", "softlabels.launch", "--request", str(request), "--run", run_id]
+    tail = ["-m", "softlabels.launch", "--request", str(request), "--run-id", run_id]
     if threads:
         tail += ["--threads", str(threads)]
     if device:
@@ -602,12 +602,12 @@ def dry_run_lines(plan, seconds: Dict[str, float], jobs: Optional[int], opts: Op
 
 
 def child_main(argv: Optional[Sequence[str]] = None) -> int:
-    """``python -m softlabels.launch --request FILE --run ID``: plan the study again from the
+    """``python -m softlabels.launch --request FILE --run-id ID``: plan the study again from the
     launcher's request and execute that one run (dependencies must have finished)."""
     ap = argparse.ArgumentParser(prog="python -m softlabels.launch",
                                  description="execute one run of a study (started by the study launcher)")
     ap.add_argument("--request", required=True)
-    ap.add_argument("--run", required=True)
+    ap.add_argument("--run-id", dest="run", required=True)
     ap.add_argument("--threads", type=int)
     ap.add_argument("--device")
     args = ap.parse_args(argv)
