@@ -386,8 +386,15 @@ class SubmititBackend:
     def reattach(self, spec) -> Optional[Handle]:
         """A job of an earlier launcher for this run that SLURM still holds, if any."""
         job_id = _read(self.jobs_file).get(spec.id)
-        if job_id is None or self.cluster != "slurm":
+        if job_id is None:
             return None
+        if self.cluster != "slurm":  # submitit's local executor: the job id is the process id
+            try:
+                os.kill(int(str(job_id).split("_")[0]), 0)
+            except (OSError, ValueError):
+                return None
+            raise SoftlabelsError(f"{spec.id}: process {job_id} of an earlier launcher may still be running it; "
+                                  f"wait for it or stop it, then run again")
         job = self.submitit.SlurmJob(folder=str(self.folder), job_id=str(job_id))
         try:
             state = job.state
@@ -587,7 +594,8 @@ def dry_run_lines(plan, seconds: Dict[str, float], jobs: Optional[int], opts: Op
     """The dry run's device-hours and wall times at 1 and ``jobs`` devices."""
     from .study import _hms
 
-    todo = {k: v for k, v in seconds.items() if not (plan.by_id()[k].run_dir / "final.json").is_file()}
+    runs = plan.by_id()
+    todo = {k: v for k, v in seconds.items() if not (runs[k].run_dir / "final.json").is_file()}
     if any(v != v for v in todo.values()):
         return ["device-hours: ? (some runs have no throughput)"]
     wall1, dev_s = estimate_wall(plan, todo, 1, opts)

@@ -1194,7 +1194,9 @@ def run_plan(plan: Plan, *, device: Optional[str] = None, show_progress: bool = 
              launch=None) -> Dict[str, dict]:
     """Execute the plan's runs in order. Returns ``{run id: {"status": reused | done | failed |
     skipped, "error": text, "seconds": s}}``; a failed run's dependents are skipped, the others
-    go on. Configs are checked against the registries first (ConfigError: nothing runs)."""
+    go on. Configs are checked against the registries first (ConfigError: nothing runs).
+    ``launch`` (a ``launch.LaunchOptions`` asking for parallel or SLURM runs) hands the plan to
+    ``launch.launch_plan``: each run in its own process or job."""
     from .config import validate_registered
     from .engine.runtime import setup_runtime
 
