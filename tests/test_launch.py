@@ -168,6 +168,9 @@ def test_resources_and_options_are_checked(tmp_path, capsys):
         assert main(["study", str(path), "--out", str(tmp_path / "o")] + flags) == 2
         err = capsys.readouterr().err
         assert err.startswith("softlabels: error: ") and needle in err and err.count("\n") == 1
+    if not torch.cuda.is_available():
+        assert main(["study", str(path), "--out", str(tmp_path / "o"), "--devices", "0"]) == 2
+        assert "--devices: GPU 0 is not visible (0 GPU(s) here)" in capsys.readouterr().err
     assert parse_time("1-02:30:00") == 1590 and parse_time(90) == 90 and parse_mem("512M") == 0.5
 
 

@@ -240,6 +240,9 @@ class LocalBackend:
         self.plan, self.opts, self.request = plan, opts, request
         want_gpu = (device or "auto") in ("auto", "cuda") or str(device).startswith("cuda")
         if opts.devices is not None:
+            count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+            if max(opts.devices) >= count:
+                raise ConfigError(f"--devices: GPU {max(opts.devices)} is not visible ({count} GPU(s) here)")
             self.gpus = list(opts.devices)
         elif want_gpu and torch.cuda.is_available():
             self.gpus = list(range(torch.cuda.device_count()))
