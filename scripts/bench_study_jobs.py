@@ -6,8 +6,11 @@ side (docs/benchmarks.md, "Study runs in parallel").
 The study: digits (1,438 training images), CIFAR ResNet-8, 2 seeds × (cross-entropy, a trained
 teacher, KD taught by it) = 6 runs, deterministic. Each configuration is a fresh
 `python -m softlabels study` process on a fresh folder; the order alternates between rounds.
-CPU time is the user + system time of that process and all its children. The two tables must
-be identical (the script checks it).
+CPU time is the user + system time of that process and all its children. Three configurations:
+`--jobs 1` (one process, torch's default threads = all cores), `--jobs 1` with
+`train.threads=1`, and `--jobs 2` (two processes of one thread each). The tables of the runs with
+one thread per run must be identical (the script checks it; CPU kernels' results depend on the
+number of threads, so the default-thread table may differ in the last bits).
 """
 from __future__ import annotations
 
@@ -39,10 +42,10 @@ def children_cpu() -> float:
     return r.ru_utime + r.ru_stime
 
 
-def run(path: Path, out: Path, jobs: int) -> dict:
+def run(path: Path, out: Path, jobs: int, extra: list) -> dict:
     shutil.rmtree(out, ignore_errors=True)
-    cmd = [sys.executable, "-m", "softlabels", "study", str(path), "--out", str(out), "--no-progress",
-           "--device", "cpu", "--jobs", str(jobs)]
+    cmd = [sys.executable, "-m", "softlabels", "study", str(path)] + extra + [
+        "--out", str(out), "--no-progress", "--device", "cpu", "--jobs", str(jobs)]
     c0, t0 = children_cpu(), time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True)
     wall, cpu = time.perf_counter() - t0, children_cpu() - c0
@@ -58,6 +61,8 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--rounds", type=int, default=1)
     ap.add_argument("--out", default="/tmp/bench-study-jobs")
+    ap.add_argument("--no-default-threads", action="store_true",
+                    help="leave out `--jobs 1` with torch's default threads (slow when the cores are shared)")
     a = ap.parse_args()
     root = Path(a.out)
     root.mkdir(parents=True, exist_ok=True)
@@ -65,20 +70,26 @@ def main() -> None:
     path.write_text(yaml.safe_dump(study(a.epochs), sort_keys=False))
     print(f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {os.cpu_count()} CPUs, "
           f"load average {os.getloadavg()[0]:.1f}; study: 6 runs, {a.epochs} epochs each")
-    res = {1: [], 2: []}
+    configs = {"--jobs 1": (1, []), "--jobs 1 train.threads=1": (1, ["train.threads=1"]), "--jobs 2": (2, [])}
+    if a.no_default_threads:
+        del configs["--jobs 1"]
+    res = {k: [] for k in configs}
     for r in range(a.rounds):
-        for jobs in ((1, 2) if r % 2 == 0 else (2, 1)):
-            got = run(path, root / f"jobs{jobs}", jobs)
-            res[jobs].append(got)
-            print(f"  round {r + 1} --jobs {jobs}: wall {got['wall']:.1f} s, CPU {got['cpu']:.1f} s "
+        names = list(configs) if r % 2 == 0 else list(reversed(configs))
+        for name in names:
+            jobs, extra = configs[name]
+            got = run(path, root / name.replace(" ", "_").replace("=", "-"), jobs, extra)
+            res[name].append(got)
+            print(f"  round {r + 1} {name}: wall {got['wall']:.1f} s, CPU {got['cpu']:.1f} s "
                   f"(load average now {os.getloadavg()[0]:.1f})", flush=True)
-    same = all(x["cells"] == res[1][0]["cells"] for x in res[1] + res[2])
-    w1 = sum(x["wall"] for x in res[1]) / len(res[1])
-    w2 = sum(x["wall"] for x in res[2]) / len(res[2])
-    c1 = sum(x["cpu"] for x in res[1]) / len(res[1])
-    c2 = sum(x["cpu"] for x in res[2]) / len(res[2])
-    print(f"--jobs 1: wall {w1:.1f} s, CPU {c1:.1f} s; --jobs 2: wall {w2:.1f} s, CPU {c2:.1f} s; "
-          f"wall ratio jobs2/jobs1 {w2 / w1:.2f}; tables identical: {same}")
+    mean = {k: (sum(x["wall"] for x in v) / len(v), sum(x["cpu"] for x in v) / len(v)) for k, v in res.items()}
+    ref = "--jobs 1 train.threads=1"
+    for k, (w, c) in mean.items():
+        print(f"{k}: wall {w:.1f} s, CPU {c:.1f} s; wall / ({ref}) {w / mean[ref][0]:.2f}")
+    one = res["--jobs 1 train.threads=1"] + res["--jobs 2"]
+    print(f"tables of one thread per run identical: {all(x['cells'] == one[0]['cells'] for x in one)}"
+          + ("" if a.no_default_threads else
+             f"; default-thread table identical to them: {res['--jobs 1'][0]['cells'] == one[0]['cells']}"))
 
 
 if __name__ == "__main__":
