@@ -198,3 +198,15 @@ def test_dry_run_prints_device_hours_and_wall_time(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "device-hours of the runs to do:" in out
     assert "wall time at --jobs 1:" in out and "wall time at --jobs 4:" in out and "wall time at --jobs 8:" in out
+
+
+def test_slurm_launcher_off_a_cluster_says_so_in_one_line(tmp_path, capsys):
+    pytest.importorskip("submitit")
+    import shutil
+
+    if shutil.which("srun"):
+        pytest.skip("this machine is a SLURM node")
+    path = study_file(tmp_path)
+    assert main(["study", str(path), "--out", str(tmp_path / "o"), "--launcher", "slurm"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--launcher slurm: submitit cannot submit here" in err

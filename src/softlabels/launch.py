@@ -361,13 +361,18 @@ class SubmititBackend:
         self.plan, self.opts, self.request, self.device = plan, opts, request, device
         self.cluster = "slurm" if opts.launcher == "slurm" else "local"
         self.folder = plan.out / "_launch" / "submitit"
-        try:
-            self.executor = submitit.AutoExecutor(folder=str(self.folder), cluster=self.cluster)
-        except Exception as exc:  # e.g. no sbatch on this machine
-            raise SoftlabelsError(f"--launcher {opts.launcher}: submitit cannot submit here ({exc})") from None
+        self.executor()  # fails here, before anything runs, where submitit cannot submit
         self.jobs_file = plan.out / "_launch" / "jobs.json"
         self.limit = opts.jobs or 10 ** 9
         self.running = 0
+
+    def executor(self):
+        """A fresh executor per job, so that one column's resources never carry over to the next."""
+        try:
+            return self.submitit.AutoExecutor(folder=str(self.folder), cluster=self.cluster)
+        except Exception as exc:  # e.g. no sbatch on this machine
+            raise SoftlabelsError(f"--launcher {self.opts.launcher}: submitit cannot submit here "
+                                  f"({(str(exc).splitlines() or [type(exc).__name__])[0]})") from None
 
     def describe(self) -> str:
         cap = "no limit" if self.opts.jobs is None else f"at most {self.opts.jobs} at once"
@@ -428,13 +433,19 @@ class SubmititBackend:
             params["slurm_partition"] = self.opts.partition
         if self.opts.account:
             params["slurm_account"] = self.opts.account
-        self.executor.update_parameters(**params)
+        executor = self.executor()
+        executor.update_parameters(**params)
         env = {} if gpu else {"OMP_NUM_THREADS": str(cpus), "MKL_NUM_THREADS": str(cpus)}
         log = log_path(self.plan, spec.id)
         log.parent.mkdir(parents=True, exist_ok=True)
         cmd = child_command(self.request, spec.id, res["gpus"], None if gpu else cpus,
                             "cuda" if gpu else self.device)
-        job = self.executor.submit(run_child_job, cmd, env, str(log))
+        try:
+            job = executor.submit(run_child_job, cmd, env, str(log))
+        except Exception as exc:  # sbatch missing or refusing (partition, account, limits)
+            text = [ln for ln in str(exc).splitlines() if ln.strip()]
+            raise SoftlabelsError(f"{spec.id}: submitting the job failed: "
+                                  f"{(text[-1] if text else type(exc).__name__)[:300]}") from None
         self._record(spec.id, str(job.job_id))
         self.running += 1
         return Handle(spec, time.time(), job, log, job_id=str(job.job_id))
