@@ -504,7 +504,8 @@ def launch_plan(plan, opts: LaunchOptions, *, device: Optional[str] = None, stre
     with StudyLock(plan.out):
         (plan.out / "study.yaml").write_text(plan.study.path.read_text())
         request = plan.out / "_launch" / "request.json"
-        atomic_write_text(request, json.dumps(plan.request, indent=1))
+        # relative paths in the overrides and --data-root are read from the launcher's folder
+        atomic_write_text(request, json.dumps(dict(plan.request, cwd=os.getcwd()), indent=1))
         backend = (LocalBackend if opts.launcher == "local" else SubmititBackend)(plan, opts, device, request)
         backend.check(plan.runs)
         print(f"study {plan.study.name}: {len(plan.runs)} runs, {backend.describe()}", file=stream)
@@ -640,6 +641,8 @@ def child_main(argv: Optional[Sequence[str]] = None) -> int:
         req = _read(Path(args.request))
         if not req.get("study"):
             raise SoftlabelsError(f"{args.request}: not a launcher request file")
+        if req.get("cwd") and os.path.isdir(req["cwd"]):
+            os.chdir(req["cwd"])
         plan = plan_study(load_study(req["study"]), req["out"], data_root=req.get("data_root"),
                           seeds=req.get("seeds"), rows=req.get("rows"), columns=req.get("columns"),
                           smoke=bool(req.get("smoke")), overrides=req.get("overrides") or ())
