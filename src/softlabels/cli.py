@@ -147,6 +147,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", help="auto, cpu, cuda or cuda:N (train.device of every run)")
     p.add_argument("--list", action="store_true", help="list the packaged studies and exit")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    g = p.add_argument_group("parallel and cluster runs (docs/studies.md, 'Many GPUs, SLURM')")
+    g.add_argument("--jobs", type=_int_in(1, 4096), metavar="N", help="run up to N runs at once, each in its own process "
+                   "(default: one per --devices GPU; without GPUs N CPU processes sharing the cores); the dry "
+                   "run prints the wall time at --jobs N")
+    g.add_argument("--devices", metavar="0,1,..", help="GPU indices to run on, one run per GPU (default: all visible)")
+    g.add_argument("--launcher", choices=["local", "slurm", "submitit-local"], default="local",
+                   help="local processes (default), one SLURM job per run through submitit, or submitit's local "
+                   "executor (the SLURM path on this machine)")
+    g.add_argument("--partition", help="SLURM partition")
+    g.add_argument("--account", help="SLURM account")
+    g.add_argument("--time", metavar="HH:MM:SS", help="SLURM time limit per run (default 24:00:00; a column's "
+                   "resources.time wins)")
+    g.add_argument("--gpus-per-run", type=_int_in(1, 1024), default=1, metavar="N", help="GPUs per run unless its column's "
+                   "resources.gpus says otherwise; N > 1 runs under torchrun (DDP)")
+    g.add_argument("--mem", metavar="SIZE", help="SLURM memory per run, e.g. 32G")
+    g.add_argument("--cpus-per-run", type=_int_in(1, 4096), metavar="N", help="CPUs (threads) per run")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides applied to every run")
 
     p = sub.add_parser("eval", help="evaluate a run's checkpoint on a split; with --analyses, the papers' analyses",
                        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=_analyses_epilog())
@@ -357,10 +374,13 @@ STUDY_EPILOG = """Examples:
   softlabels study fashion-mnist-seeds --data-root /usr/share/datasets --dry-run
   softlabels study cskd-table1 --data-root /data --seeds 1 --rows cross-entropy,cs-kd
   softlabels study studies/my-study.yaml --smoke
+  softlabels study cskd-table1 --data-root /data --jobs 8                 # 8 GPUs, one run each
+  softlabels study cskd-table1 --data-root /data --launcher slurm --partition gpu --time 12:00:00
 Outputs in the study folder: table.md, table.csv, table.tex, table.json, table.png, status.json."""
 
 
 def cmd_study(args) -> int:
+    from .launch import options_from_args
     from .study import (build_table, check_plan, format_dry_run, format_markdown, list_studies, load_study,
                         plan_study, resolve_study, run_plan, study_summary, write_outputs)
 
@@ -377,6 +397,7 @@ def cmd_study(args) -> int:
         raise ConfigError(f"--seeds: expected >= 1, got {args.seeds}")
     if args.throughput is not None and not args.throughput > 0:
         raise ConfigError(f"--throughput: expected images/s > 0, got {args.throughput}")
+    launch = options_from_args(args)
     out = Path(args.out) if args.out else Path("runs") / "studies" / (study.name + ("-smoke" if args.smoke else ""))
     overrides = list(args.overrides) + ([f"train.device={args.device}"] if args.device else [])
     split = (lambda v: [x.strip() for x in v.split(",") if x.strip()] if v else None)
@@ -385,12 +406,12 @@ def cmd_study(args) -> int:
                       rows=split(args.rows), columns=split(args.columns), smoke=args.smoke, overrides=overrides)
     if args.dry_run:
         chk = check_plan(plan, throughput=args.throughput, device=args.device)
-        print(format_dry_run(plan, chk), end="")
+        print(format_dry_run(plan, chk, launch.jobs or (len(launch.devices) if launch.devices else None)), end="")
         if chk.missing:
             raise SoftlabelsError(f"{study.path.name}: {len(chk.missing)} thing(s) missing (listed above); "
                                   f"first: {chk.missing[0]}")
         return 0
-    status = run_plan(plan, device=args.device, show_progress=not args.no_progress)
+    status = run_plan(plan, device=args.device, show_progress=not args.no_progress, launch=launch)
     table = build_table(plan)
     paths = write_outputs(table, status)
     print(format_markdown(table))

@@ -39,7 +39,7 @@ PAPERS = ("jgl", "focusnet", "kt", "cskd", "ols", "none")
 TOP_KEYS = {"title", "paper", "source", "metrics", "seeds", "report", "notes", "base", "columns",
             "teachers", "rows", "compare_to"}
 REQUIRED_TOP = ("title", "paper", "source", "metrics", "columns", "rows")
-COLUMN_KEYS = {"label", "config", "overrides"}
+COLUMN_KEYS = {"label", "config", "overrides", "resources"}
 TEACHER_KEYS = {"config", "overrides", "weights", "model", "row", "checkpoint"}
 ROW_KEYS = {"label", "method", "options", "weights", "overrides", "config", "teachers",
             "teacher_checkpoint", "columns", "only", "paper", "sweep", "ensemble"}
@@ -102,6 +102,7 @@ class Column:
     label: str
     config: dict
     overrides: List[str]
+    resources: dict = field(default_factory=dict)   # launch.RESOURCE_KEYS: gpus, time, mem, cpus
 
 
 @dataclass
@@ -274,6 +275,8 @@ def load_study(path) -> Study:
             raise w.err(f"{at}.label", f"expected a string, got {label!r}")
         columns[key] = Column(key, label, _mapping(w, f"{at}.config", c.get("config")),
                               _str_list(w, f"{at}.overrides", c.get("overrides")))
+        from .launch import check_resources
+        columns[key].resources = check_resources(c.get("resources"), f"{path.name}: {at}.resources")
 
     raw_rows = data["rows"]
     if not isinstance(raw_rows, list) or not raw_rows:
@@ -532,6 +535,7 @@ class Plan:
     runs: List[RunSpec]                  # topological order
     data_root: Optional[str] = None
     smoke: bool = False
+    request: dict = field(default_factory=dict)   # plan_study's arguments: a launcher's child plans again
 
     def by_id(self) -> Dict[str, RunSpec]:
         return {r.id: r for r in self.runs}
@@ -837,7 +841,10 @@ def plan_study(study: Study, out, *, data_root: Optional[str] = None, seeds: Opt
     for r in study.rows:
         if r.slug in row_keys:
             lines += p.plan_row(r)
-    return Plan(study, out, seeds, cols, lines, [p.runs[i] for i in p.order], data_root, smoke)
+    request = {"study": str(study.path.resolve()), "out": str(out.resolve()), "data_root": data_root, "seeds": seeds,
+               "rows": None if rows is None else list(rows), "columns": None if columns is None else list(columns),
+               "smoke": smoke, "overrides": list(overrides)}
+    return Plan(study, out, seeds, cols, lines, [p.runs[i] for i in p.order], data_root, smoke, request)
 
 
 # ====================================================================== the dry run
@@ -1028,7 +1035,7 @@ def _hms(s: float) -> str:
     return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
 
 
-def format_dry_run(plan: Plan, chk: Check) -> str:
+def format_dry_run(plan: Plan, chk: Check, jobs: Optional[int] = None) -> str:
     s = plan.study
     n_lines = len(plan.lines)
     train = [r for r in plan.runs if r.kind == "train"]
@@ -1062,6 +1069,8 @@ def format_dry_run(plan: Plan, chk: Check) -> str:
     total = sum(chk.seconds.get(i, 0.0) for i in todo)
     out.append(f"estimated time of the {len(todo)} runs to do: {_hms(total)} "
                f"({sum(chk.images.get(i, 0) for i in todo)} training images)")
+    from .launch import dry_run_lines
+    out += dry_run_lines(plan, chk.seconds, jobs)
     if chk.missing:
         out.append("")
         out.append(f"MISSING ({len(chk.missing)}):")
@@ -1204,14 +1213,20 @@ def execute_run(spec: RunSpec, plan: Plan, rt, progress=None) -> Tuple[str, dict
     return "done", train_or_reuse(spec.cfg, spec.run_dir, rt, teachers=teachers, progress=progress)
 
 
-def run_plan(plan: Plan, *, device: Optional[str] = None, show_progress: bool = True, stream=None) -> Dict[str, dict]:
+def run_plan(plan: Plan, *, device: Optional[str] = None, show_progress: bool = True, stream=None,
+             launch=None) -> Dict[str, dict]:
     """Execute the plan's runs in order. Returns ``{run id: {"status": reused | done | failed |
     skipped, "error": text, "seconds": s}}``; a failed run (an unregistered name or a bad option
     in its config, missing data, a fault while training) is reported, its dependents are
-    skipped, the others go on."""
+    skipped, the others go on. ``launch`` (a ``launch.LaunchOptions`` asking for parallel or
+    SLURM runs) hands the plan to ``launch.launch_plan``: each run in its own process or job."""
     from .engine.runtime import setup_runtime
 
     stream = stream or sys.stderr
+    if launch is not None and launch.parallel:  # launch.LaunchOptions: runs in child processes or jobs
+        from .launch import launch_plan
+
+        return launch_plan(plan, launch, device=device, stream=stream)
     rt = setup_runtime(device or (plan.runs[0].cfg.train.device if plan.runs else "auto"))
     plan.out.mkdir(parents=True, exist_ok=True)
     if rt.is_main:
