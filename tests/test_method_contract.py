@@ -104,6 +104,7 @@ PLAIN = {
     "mixup_cskd": lambda m, o, b, t: L.mixup_cskd_loss(o.logits, b.y, o.aux["partner"].logits,
                                                        b.extra["mix_lambda"], b.extra["mix_index"],
                                                        m.temperature, m.lam),
+    "cutmix": lambda m, o, b, t: L.mixup_loss(o.logits, b.y, b.extra["mix_lambda"], b.extra["mix_index"]),
     "cutout": lambda m, o, b, t: L.cross_entropy(o.logits, b.y),
     "ddgsd": lambda m, o, b, t: L.ddgsd_loss(o.logits, o.aux["view1"].logits, b.y, o.embedding,
                                              o.aux["view1"].embedding, m.temperature, m.lam, m.mmd),
