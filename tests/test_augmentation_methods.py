@@ -291,6 +291,8 @@ def restore_threads():
     ("cutout", ["method.options.size=4"], "ce"),
     ("ddgsd", [], "kl"),
     ("ols+cutout", ["method.options.cutout.ce=false", "method.options.cutout.size=4"], "ols/soft"),
+    ("cutmix", ["method.options.prob=0.5"], "ce"),
+    ("ols+cutmix", ["method.options.cutmix.ce=false", "method.options.cutmix.prob=0.5"], "ols/soft"),
 ])
 def test_digits_end_to_end(name, options, term, restore_threads):
     trainer = Trainer(build_config(None, E2E + [f"method.name={name}"] + options), None)
@@ -298,5 +300,5 @@ def test_digits_end_to_end(name, options, term, restore_threads):
     assert final["last"]["test"]["top1_error"] < 50.0  # chance is 90 %
     train = trainer.history[-1]["train"]
     assert term in train and math.isfinite(train[term])
-    if name == "ols+cutout":
-        assert not [k for k in train if k.startswith("cutout/")]
+    if name.startswith("ols+"):
+        assert not [k for k in train if not k.startswith("ols/") and "/" in k]
