@@ -116,6 +116,7 @@ class Mixup(Method):
     """
 
     requires = Requires()
+    method_name = "mixup"  # for error messages
 
     def __init__(self, num_classes: int, alpha: Annotated[float, Range(0.0)] = 1.0,
                  prob: Annotated[float, Range(0.0, 1.0)] = 1.0, ce: bool = True):
@@ -135,7 +136,7 @@ class Mixup(Method):
         return net(batch.x, return_features=features)
 
     def loss(self, out: ModelOutput, batch: Batch, teachers: Sequence[ModelOutput] = ()) -> Dict[str, torch.Tensor]:
-        need_extra(batch, "mix_lambda", type(self).__name__.lower())
+        need_extra(batch, "mix_lambda", self.method_name)
         if not self.ce:
             return {}
         # Zhang et al. 2018 / Yun et al. 2019 Eq. 1: λ·CE(z, y) + (1−λ)·CE(z, y[π])
@@ -196,6 +197,8 @@ class CutMix(Mixup):
     ``["unmixed_x"]``. Logged term: ``ce``.
     """
 
+    method_name = "cutmix"
+
     def sample(self, n: int, height: int, width: int) -> Tuple[float, torch.Tensor, Tuple[int, int, int, int]]:
         """λ (of the box area), π and the box (tests replace this to inject fixed values)."""
         if not _apply_this_batch(self.prob):
@@ -238,6 +241,7 @@ class MixupCSKD(Mixup):
     """
 
     requires = Requires(pairs=True)
+    method_name = "mixup_cskd"
 
     def __init__(self, num_classes: int, temperature: Annotated[float, Range(0.0, low_open=True)] = 4.0,
                  lam: Annotated[float, Range(0.0)] = 1.0, alpha: Annotated[float, Range(0.0)] = 1.0,
