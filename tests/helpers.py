@@ -24,3 +24,23 @@ def expect_data_error(fn, *needles) -> str:
 
 def expect_config_error(fn, *needles) -> str:
     return expect_one_line(ConfigError, fn, *needles)
+
+
+def ref_softmax(row, t=1.0):
+    """softmax(row / t) of a list of floats, by hand (for hand-computed reference losses)."""
+    import math
+
+    e = [math.exp(v / t) for v in row]
+    s = sum(e)
+    return [v / s for v in e]
+
+
+def ref_kl(rows, target_rows, t):
+    """T²·mean_i KL(softmax(target_i/T) ‖ softmax(row_i/T)), by hand."""
+    import math
+
+    total = 0.0
+    for a, b in zip(rows, target_rows):
+        p, q = ref_softmax(a, t), ref_softmax(b, t)
+        total += sum(qk * (math.log(qk) - math.log(pk)) for pk, qk in zip(p, q))
+    return t * t * total / len(rows)

@@ -7,6 +7,7 @@ import pytest
 import torch
 from torch import nn
 
+from helpers import ref_kl, ref_softmax
 import softlabels.methods.cskd  # noqa: F401  (registration)
 from softlabels.config import MethodConfig, build_config
 from softlabels.data.augment import CropFlip
@@ -26,19 +27,12 @@ LABELS = [0, 2]
 
 
 # ------------------------------------------------------------------------------ hand computation
-def _softmax(row, t):
-    e = [math.exp(v / t) for v in row]
-    s = sum(e)
-    return [v / s for v in e]
+_softmax = ref_softmax
 
 
 def _ref_kl(anchor, partner, t):
     """T² · mean_i Σ_k q_ik (log q_ik − log p_ik), q from the partner, p from the anchor."""
-    total = 0.0
-    for a, b in zip(anchor, partner):
-        p, q = _softmax(a, t), _softmax(b, t)
-        total += sum(qk * (math.log(qk) - math.log(pk)) for pk, qk in zip(p, q))
-    return t * t * total / len(anchor)
+    return ref_kl(anchor, partner, t)
 
 
 def _ref_ce(anchor, labels):

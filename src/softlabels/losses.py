@@ -3,14 +3,16 @@
 The Method classes in ``softlabels.methods`` wrap these; the functions hold the math, and all of
 them are built on the functional core ``softlabels.methods.functional`` (re-exported here:
 ``upcast``, ``cross_entropy``, ``soft_cross_entropy``, ``tempered_kl``, ``target_kl``,
-``entropy``, ``masked_mean``). Every loss computes in at least float32 whatever its input dtype.
+``entropy``, ``masked_mean``, and the mixed-label helpers ``record_mix``, ``targets_of``,
+``label_terms``, ``mix_terms``, ``dominant_labels``). Every loss computes in at least float32 whatever its input dtype.
 """
-from .methods.augmentation import (apply_cutout, cutout_mask, ddgsd_kl, ddgsd_loss, linear_mmd, logit_mse, mix,
-                                   mixup_cskd_loss, mixup_loss, sample_cutout_centres, sample_mixup)
+from .methods.augmentation import (apply_cutmix, apply_cutout, cutmix_box, cutmix_lambda, cutout_mask, ddgsd_kl,
+                                   ddgsd_loss, linear_mmd, logit_mse, mix, mixup_cskd_loss, mixup_loss,
+                                   sample_cutmix, sample_cutout_centres, sample_mixup)
 from .methods.byot import byot_classifier_loss, byot_hint, byot_loss, byot_official_loss
 from .methods.ce import label_smoothing_loss
-from .methods.functional import (cross_entropy, entropy, masked_mean, soft_cross_entropy, target_kl, tempered_kl,
-                                 upcast)
+from .methods.functional import (cross_entropy, dominant_labels, entropy, label_terms, masked_mean, mix_terms,
+                                 record_mix, soft_cross_entropy, target_kl, targets_of, tempered_kl, upcast)
 from .methods.cskd import cskd_e_loss, cskd_kl, cskd_loss
 from .methods.dropmax import (dropmax_aux, dropmax_ce, dropmax_kl, dropmax_logits, dropmax_loss,
                                dropmax_neg_entropy, dropmax_posterior_logits, sample_retain_mask)

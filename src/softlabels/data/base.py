@@ -68,7 +68,15 @@ class Batch:
 
     x: B×C×H×W float images, normalised. y: B labels (the training labels, noisy if label noise
     is on). index: B positions in the split, so methods can keep per-sample state. ``extra`` is
-    for what a method's ``requires`` asks the loader for (a second view, class partners).
+    for what a method's ``requires`` asks the loader for (a second view, class partners) and for
+    what a method's forward pass records.
+
+    Mixed labels (the one form): a method that mixes inputs (``mixup``, ``mixup_cskd``,
+    ``cutmix``) writes ``extra["mix_lambda"]`` = λ (0-d float32 tensor) and
+    ``extra["mix_index"]`` = π (B indices) with ``methods.functional.record_mix``: sample i's
+    target is λ·onehot(y_i) + (1−λ)·onehot(y_π(i)). ``y`` stays the first label. Loss terms read
+    labels through ``methods.functional.label_terms`` / ``targets_of`` (and
+    ``dominant_labels``), never ``y`` alone, so they see the mixed labels.
     """
 
     x: torch.Tensor

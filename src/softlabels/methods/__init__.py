@@ -2,13 +2,13 @@
 
 Seed methods: ols, cskd, cskd_e, focusnet, label_refinery, glr, cd, glr_cd, orthogonal.
 Baselines: ce, ls, kd, maxent, focal, sce, bootstrap_soft, bootstrap_hard, disturb_label,
-pairwise_confusion, adacos, virtual_softmax, mixup, mixup_cskd, cutout, ddgsd, tfkd_self,
+pairwise_confusion, adacos, virtual_softmax, mixup, mixup_cskd, cutmix, cutout, ddgsd, tfkd_self,
 tfkd_reg, byot, frskd, sla_sd, dropmax, one.
 """
 from .base import Method, Objective, Requires, build_objective, build_run_model
 from . import (augmentation, byot, ce, cskd, dropmax, focusnet, frskd, heads, jgl, kd, ols,  # noqa: F401
                one, orthogonal, regularizers, sla, tfkd)  # (registration)
-from .augmentation import DDGSD, Cutout, Mixup, MixupCSKD
+from .augmentation import DDGSD, CutMix, Cutout, Mixup, MixupCSKD
 from .byot import BeYourOwnTeacher
 from .ce import CrossEntropy, LabelSmoothing
 from .cskd import ClassWiseSelfKD, ClassWiseSelfKDE
@@ -31,6 +31,6 @@ __all__ = ["Method", "Objective", "Requires", "build_objective", "build_run_mode
            "OrthogonalTransfer", "LabelRefinery", "GuidedLabelRefinery", "ChannelDistillation",
            "JointGuidedLearning", "KnowledgeDistillation", "ConfidencePenalty", "FocalLoss",
            "SymmetricCrossEntropy", "SoftBootstrap", "HardBootstrap", "DisturbLabel", "PairwiseConfusion",
-           "AdaCos", "VirtualSoftmax", "Mixup", "MixupCSKD", "Cutout", "DDGSD", "TeacherFreeSelfKD",
+           "AdaCos", "VirtualSoftmax", "Mixup", "MixupCSKD", "CutMix", "Cutout", "DDGSD", "TeacherFreeSelfKD",
            "TeacherFreeRegularization", "BeYourOwnTeacher", "FRSKD", "SLASelfDistillation", "DropMax",
            "OnTheFlyNativeEnsemble"]

@@ -1,6 +1,6 @@
-"""Augmentation baselines the seed papers compare against: mixup, Mixup + CS-KD, Cutout, DDGSD.
+"""Augmentation baselines the seed papers compare against: mixup, Mixup + CS-KD, CutMix, Cutout, DDGSD.
 
-All four change what the network sees, so each defines its own ``forward_batch`` (and therefore
+All five change what the network sees, so each defines its own ``forward_batch`` (and therefore
 cannot be summed with another method that does; ``ols+cutout`` and ``kd+mixup`` are fine).
 
 mixup (Zhang, Cisse, Dauphin, Lopez-Paz, "mixup: Beyond Empirical Risk Minimization", ICLR 2018)
@@ -12,6 +12,18 @@ inputs and mixed labels")
     the anchors are mixed as in mixup and the partners with the SAME λ and π, so mixed partner j,
     λ·x′_j + (1−λ)·x′_π(j), carries the same mixed label λ·y_j + (1−λ)·y_π(j) as mixed anchor j:
         L = λ·CE(z(x̃), y) + (1−λ)·CE(z(x̃), y[π]) + λ_cls·T²·KL(softmax(z(x̃′)/T) ‖ softmax(z(x̃)/T)).
+
+cutmix (Yun, Han, Oh, Chun, Choe, Yoo, "CutMix: Regularization Strategy to Train Strong
+Classifiers with Localizable Features", ICCV 2019, Eq. 1–2)
+    λ ~ Beta(a, a) and π as in mixup; a box B of area ratio 1−λ (sides ⌊H·√(1−λ)⌋, ⌊W·√(1−λ)⌋,
+    centre uniform over the image, clipped to it) of every image is replaced by the same box of
+    image π(i):  x̃ = M ⊙ x + (1 − M) ⊙ x[π];  the labels are mixed by the box's actual area,
+    λ ← 1 − |B|/(H·W):  L = λ·CE(z(x̃), y) + (1−λ)·CE(z(x̃), y[π]).
+
+Mixed labels. mixup, mixup_cskd and cutmix record λ and π in the batch (``functional.record_mix``,
+the one form documented in ``Batch``); every label-consuming term of every method goes through
+``functional.label_terms``, so in ``kd+mixup``, ``ls+mixup`` or ``ols+cutmix`` the other
+component trains on the mixed labels too.
 
 cutout (DeVries & Taylor, "Improved Regularization of Convolutional Neural Networks with Cutout",
 arXiv:1708.04552, 2017)
@@ -32,6 +44,7 @@ other components see the same inputs as the student.
 """
 from __future__ import annotations
 
+import math
 from typing import Annotated, Dict, Literal, Optional, Sequence, Tuple
 
 import torch
@@ -40,9 +53,11 @@ from ..models.base import ModelOutput
 from ..registry import METHODS, Range
 from .base import Batch, Method, Requires, need_aux, need_extra
 from .cskd import cskd_kl, joint_forward
-from .functional import cross_entropy, tempered_kl, upcast
+from .functional import cross_entropy, label_terms, mix_terms, record_mix, tempered_kl, upcast
 
 MIXUP_REFERENCE = "Zhang, Cisse, Dauphin, Lopez-Paz, mixup: Beyond Empirical Risk Minimization, ICLR 2018"
+CUTMIX_REFERENCE = ("Yun, Han, Oh, Chun, Choe, Yoo, CutMix: Regularization Strategy to Train Strong "
+                    "Classifiers with Localizable Features, ICCV 2019")
 MIXUP_CSKD_REFERENCE = ("Yun et al., Regularizing Class-wise Predictions via Self-knowledge "
                         "Distillation, CVPR 2020, Table 3 (Mixup + CS-KD)")
 CUTOUT_REFERENCE = ("DeVries & Taylor, Improved Regularization of Convolutional Neural Networks "
@@ -70,24 +85,17 @@ def mix(x: torch.Tensor, lam: float, index: torch.Tensor) -> torch.Tensor:
 
 
 def mixup_loss(logits: torch.Tensor, labels: torch.Tensor, lam, index: torch.Tensor) -> torch.Tensor:
-    """λ·CE(z, y) + (1−λ)·CE(z, y[index]), i.e. CE against the mixed one-hot labels.
+    """λ·CE(z, y) + (1−λ)·CE(z, y[index]), i.e. CE against the mixed one-hot labels (also
+    CutMix's loss, Yun et al. Eq. 1, with λ the box-area weight).
 
     ``lam`` may be a float or a 0-d tensor (on the logits' device).
     """
-    ce_a = cross_entropy(logits, labels)
-    ce_b = cross_entropy(logits, labels[index])
-    if torch.is_tensor(lam):
-        lam = lam.to(ce_a.dtype)
-    return lam * ce_a + (1 - lam) * ce_b
+    return mix_terms(lambda y: cross_entropy(logits, y), labels, lam, index)
 
 
-def _record_mix(batch, lam: float, index: torch.Tensor) -> Tuple[float, torch.Tensor]:
-    """Put λ (0-d float32 tensor) and the permutation on the batch's device in ``batch.extra``."""
-    dev = batch.x.device
-    index = index.to(dev, non_blocking=True)
-    batch.extra["mix_lambda"] = torch.full((), lam, dtype=torch.float32, device=dev)
-    batch.extra["mix_index"] = index
-    return lam, index
+def _apply_this_batch(prob: float) -> bool:
+    """True with probability ``prob`` (one draw from torch's global CPU RNG; none when prob ≥ 1)."""
+    return prob >= 1.0 or (prob > 0.0 and float(torch.rand(())) < prob)
 
 
 @METHODS.register("mixup", "mixup: train on convex combinations of image pairs and of their labels",
@@ -96,32 +104,115 @@ class Mixup(Method):
     """Options:
     alpha: a of λ ~ Beta(a, a), one λ per batch (Zhang et al. use a = 1 for CIFAR-10/100;
            0 disables mixing).
+    prob:  probability that a batch is mixed (default 1); an unmixed batch records λ = 1.
+    ce:    contribute the mixed cross-entropy (default true); false makes the method pure
+           augmentation for sums whose other component has its own label term (``ols+mixup``).
 
-    ``forward_batch`` draws λ and π, records them as ``batch.extra["mix_lambda"]`` (0-d tensor)
-    and ``["mix_index"]``, keeps the original images in ``["unmixed_x"]`` and replaces
-    ``batch.x`` by the mixed images. Logged term: ``ce`` (the mixed cross-entropy). The trainer's
-    training accuracy compares predictions with ``batch.y`` (the first label of each pair).
+    ``forward_batch`` draws λ and π, records them with ``functional.record_mix`` (the form
+    documented in ``Batch``: ``batch.extra["mix_lambda"]``, ``["mix_index"]``), keeps the original
+    images in ``["unmixed_x"]`` and replaces ``batch.x`` by the mixed images. Logged term: ``ce``
+    (the mixed cross-entropy). The trainer's training accuracy compares predictions with
+    ``batch.y`` (the first label of each pair).
     """
 
     requires = Requires()
+    method_name = "mixup"  # for error messages
 
-    def __init__(self, num_classes: int, alpha: Annotated[float, Range(0.0)] = 1.0):
+    def __init__(self, num_classes: int, alpha: Annotated[float, Range(0.0)] = 1.0,
+                 prob: Annotated[float, Range(0.0, 1.0)] = 1.0, ce: bool = True):
         super().__init__(num_classes)
-        self.alpha = alpha
+        self.alpha, self.prob, self.ce = alpha, prob, ce
 
     def sample(self, n: int) -> Tuple[float, torch.Tensor]:
         """λ and π for a batch of ``n`` (tests replace this to inject fixed values)."""
+        if not _apply_this_batch(self.prob):
+            return 1.0, torch.arange(n)
         return sample_mixup(self.alpha, n)
 
     def forward_batch(self, net, batch, features: bool):
-        lam, index = _record_mix(batch, *self.sample(len(batch)))
+        lam, index = record_mix(batch, *self.sample(len(batch)))
         batch.extra["unmixed_x"] = batch.x
         batch.x = mix(batch.x, lam, index)
         return net(batch.x, return_features=features)
 
     def loss(self, out: ModelOutput, batch: Batch, teachers: Sequence[ModelOutput] = ()) -> Dict[str, torch.Tensor]:
-        return {"ce": mixup_loss(out.logits, batch.y, need_extra(batch, "mix_lambda", "mixup"),
-                                 need_extra(batch, "mix_index", "mixup"))}
+        need_extra(batch, "mix_lambda", self.method_name)
+        if not self.ce:
+            return {}
+        # Zhang et al. 2018 / Yun et al. 2019 Eq. 1: λ·CE(z, y) + (1−λ)·CE(z, y[π])
+        return {"ce": label_terms(lambda y: cross_entropy(out.logits, y), batch)}
+
+
+# ------------------------------------------------------------------------------ cutmix
+def cutmix_box(lam: float, height: int, width: int, cy: int, cx: int) -> Tuple[int, int, int, int]:
+    """(top, bottom, left, right) of the box of area ratio ≈ 1−λ centred at (cy, cx): sides
+    ⌊H·√(1−λ)⌋ × ⌊W·√(1−λ)⌋, clipped to the image (Yun et al.'s sampling)."""
+    rat = math.sqrt(max(0.0, 1.0 - lam))
+    ch, cw = int(height * rat), int(width * rat)
+    top, bottom = min(max(cy - ch // 2, 0), height), min(max(cy - ch // 2 + ch, 0), height)
+    left, right = min(max(cx - cw // 2, 0), width), min(max(cx - cw // 2 + cw, 0), width)
+    return top, bottom, left, right
+
+
+def cutmix_lambda(box: Tuple[int, int, int, int], height: int, width: int) -> float:
+    """The label weight of the first image: 1 − (box area)/(H·W) (Yun et al. §3.1, λ adjusted
+    to the clipped box)."""
+    top, bottom, left, right = box
+    return 1.0 - (bottom - top) * (right - left) / float(height * width)
+
+
+def sample_cutmix(alpha: float, n: int, height: int, width: int
+                  ) -> Tuple[float, torch.Tensor, Tuple[int, int, int, int]]:
+    """λ ~ Beta(α, α), π and a box centre uniform over the pixels, from torch's global CPU RNG;
+    returns (λ of the actual box area, π, box). α = 0: no mixing (λ = 1, empty box)."""
+    lam, index = sample_mixup(alpha, n)
+    if alpha <= 0:
+        return 1.0, index, (0, 0, 0, 0)
+    cy, cx = int(torch.randint(height, ())), int(torch.randint(width, ()))
+    box = cutmix_box(lam, height, width, cy, cx)
+    return cutmix_lambda(box, height, width), index, box
+
+
+def apply_cutmix(x: torch.Tensor, index: torch.Tensor, box: Tuple[int, int, int, int]) -> torch.Tensor:
+    """x with the box of every image replaced by that box of image ``index[i]`` (Yun et al. Eq. 1:
+    M ⊙ x + (1 − M) ⊙ x[π], M zero inside the box)."""
+    top, bottom, left, right = box
+    out = x.clone()
+    out[:, :, top:bottom, left:right] = x[index][:, :, top:bottom, left:right]
+    return out
+
+
+@METHODS.register("cutmix", "CutMix: paste a random box of another image, labels mixed by the box area",
+                  reference=CUTMIX_REFERENCE)
+class CutMix(Mixup):
+    """Options:
+    alpha: a of λ ~ Beta(a, a) (Yun et al.: 1 for CIFAR and ImageNet; 0 disables mixing).
+    prob:  probability that a batch is mixed (Yun et al.'s ``cutmix_prob``: 0.5 for CIFAR,
+           1 for ImageNet; default 1).
+    ce:    as for ``mixup``.
+
+    One box and one π per batch (the authors' code); λ is recomputed from the clipped box's area
+    and recorded with ``functional.record_mix`` like mixup's, the box in
+    ``batch.extra["cutmix_box"]`` (top, bottom, left, right), the original images in
+    ``["unmixed_x"]``. Logged term: ``ce``.
+    """
+
+    method_name = "cutmix"
+
+    def sample(self, n: int, height: int, width: int) -> Tuple[float, torch.Tensor, Tuple[int, int, int, int]]:
+        """λ (of the box area), π and the box (tests replace this to inject fixed values)."""
+        if not _apply_this_batch(self.prob):
+            return 1.0, torch.arange(n), (0, 0, 0, 0)
+        return sample_cutmix(self.alpha, n, height, width)
+
+    def forward_batch(self, net, batch, features: bool):
+        b, _, h, w = batch.x.shape
+        lam, index, box = self.sample(b, h, w)
+        lam, index = record_mix(batch, lam, index)
+        batch.extra["cutmix_box"] = torch.tensor(box)
+        batch.extra["unmixed_x"] = batch.x
+        batch.x = apply_cutmix(batch.x, index, box)
+        return net(batch.x, return_features=features)
 
 
 # ------------------------------------------------------------------------------ mixup + CS-KD
@@ -150,15 +241,17 @@ class MixupCSKD(Mixup):
     """
 
     requires = Requires(pairs=True)
+    method_name = "mixup_cskd"
 
     def __init__(self, num_classes: int, temperature: Annotated[float, Range(0.0, low_open=True)] = 4.0,
-                 lam: Annotated[float, Range(0.0)] = 1.0, alpha: Annotated[float, Range(0.0)] = 1.0):
-        super().__init__(num_classes, alpha)
+                 lam: Annotated[float, Range(0.0)] = 1.0, alpha: Annotated[float, Range(0.0)] = 1.0,
+                 prob: Annotated[float, Range(0.0, 1.0)] = 1.0):
+        super().__init__(num_classes, alpha, prob)
         self.temperature, self.lam = temperature, lam
 
     def forward_batch(self, net, batch, features: bool):
         partner = need_extra(batch, "partner_x", "mixup_cskd")
-        lam, index = _record_mix(batch, *self.sample(len(batch)))
+        lam, index = record_mix(batch, *self.sample(len(batch)))
         batch.extra["unmixed_x"] = batch.x
         batch.extra["unmixed_partner_x"] = partner
         batch.x = mix(batch.x, lam, index)
@@ -236,7 +329,7 @@ class Cutout(Method):
     def loss(self, out: ModelOutput, batch: Batch, teachers: Sequence[ModelOutput] = ()) -> Dict[str, torch.Tensor]:
         if not self.ce:
             return {}
-        return {"ce": cross_entropy(out.logits, batch.y)}
+        return {"ce": label_terms(lambda y: cross_entropy(out.logits, y), batch)}
 
 
 # ------------------------------------------------------------------------------ DDGSD

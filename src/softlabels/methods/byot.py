@@ -40,7 +40,7 @@ from ..errors import ConfigError, MissingInputError
 from ..models.base import ModelOutput
 from ..registry import METHODS, Range
 from .base import Batch, Method, Requires, need_features, need_setup
-from .functional import cross_entropy, soft_cross_entropy, tempered_kl, upcast
+from .functional import cross_entropy, label_terms, soft_cross_entropy, tempered_kl, upcast
 
 BYOT_REFERENCE = ("Zhang, Song, Gao, Chen, Bao, Ma, Be Your Own Teacher: Improve the Performance of "
                   "Convolutional Neural Networks via Self Distillation, ICCV 2019")
@@ -263,12 +263,12 @@ class BeYourOwnTeacher(Method):
             # shallow → deep: the shallowest classifier (index 0) gets no hint
             adapted = [None] + [a(p) for a, p in zip(adapters, pooled[1:])] if use_hint else None
             deep = torch.flatten(F.adaptive_avg_pool2d(features[-1], 1), 1)
-            terms = byot_official_loss(logits, out.logits, batch.y, adapted, deep, self.temperature,
-                                       self.alpha, self.lam)
+            terms = label_terms(lambda y: byot_official_loss(logits, out.logits, y, adapted, deep, self.temperature,
+                                                             self.alpha, self.lam), batch)
         else:
-            terms = byot_loss(logits, out.logits, batch.y, feats if use_hint else None,
-                              features[-1] if use_hint else None, self.temperature, self.alpha, self.lam,
-                              self.t_squared, self.hint_reduction)
+            terms = label_terms(lambda y: byot_loss(logits, out.logits, y, feats if use_hint else None,
+                                                    features[-1] if use_hint else None, self.temperature,
+                                                    self.alpha, self.lam, self.t_squared, self.hint_reduction), batch)
         if self.alpha >= 1.0:
             terms.pop("aux_ce", None)
         if self.alpha <= 0.0:

@@ -8,7 +8,7 @@ import torch
 from ..models.base import ModelOutput
 from ..registry import METHODS, Range
 from .base import Batch, Method
-from .functional import cross_entropy, soft_cross_entropy, upcast  # noqa: F401 (re-exported)
+from .functional import cross_entropy, label_terms, soft_cross_entropy, upcast  # noqa: F401 (re-exported)
 
 
 def label_smoothing_loss(logits: torch.Tensor, labels: torch.Tensor, epsilon: float = 0.1) -> torch.Tensor:
@@ -23,7 +23,7 @@ class CrossEntropy(Method):
         super().__init__(num_classes)
 
     def loss(self, out: ModelOutput, batch: Batch, teachers: Sequence[ModelOutput] = ()) -> Dict[str, torch.Tensor]:
-        return {"ce": cross_entropy(out.logits, batch.y)}
+        return {"ce": label_terms(lambda y: cross_entropy(out.logits, y), batch)}
 
 
 @METHODS.register("ls", "label smoothing: CE against (1-eps)*onehot + eps/K",
@@ -34,4 +34,4 @@ class LabelSmoothing(Method):
         self.epsilon = epsilon
 
     def loss(self, out: ModelOutput, batch: Batch, teachers: Sequence[ModelOutput] = ()) -> Dict[str, torch.Tensor]:
-        return {"ls": label_smoothing_loss(out.logits, batch.y, self.epsilon)}
+        return {"ls": label_terms(lambda y: label_smoothing_loss(out.logits, y, self.epsilon), batch)}

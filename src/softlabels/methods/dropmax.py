@@ -53,7 +53,7 @@ from ..errors import ConfigError
 from ..models.base import ModelOutput
 from ..registry import METHODS, Range
 from .base import Batch, Method, need_setup
-from .functional import cross_entropy, upcast
+from .functional import cross_entropy, label_terms, upcast
 from .heads import _keep, linear_head
 
 DROPMAX_REFERENCE = ("Lee, Lee, Kim, Yang, Hwang, DropMax: Adaptive Variational Softmax, NeurIPS 2018 "
@@ -260,6 +260,6 @@ class DropMax(Method):
         head = need_setup(self._head, "dropmax", "the DropMax head")
         h = out.embedding if self._pre_head is None else self._pre_head(out.embedding)
         o, a_rho, a_r = head.branches(h)
-        return dropmax_loss(o, a_rho, a_r, batch.y, temperature=self.temperature, eps=self.eps,
-                            kl_weight=self.kl_weight, aux_weight=self.aux_weight,
-                            entropy_weight=self.entropy_weight, posterior=self.posterior)
+        return label_terms(lambda y: dropmax_loss(o, a_rho, a_r, y, temperature=self.temperature, eps=self.eps,
+                                                  kl_weight=self.kl_weight, aux_weight=self.aux_weight,
+                                                  entropy_weight=self.entropy_weight, posterior=self.posterior), batch)

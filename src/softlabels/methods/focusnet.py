@@ -32,7 +32,7 @@ from ..errors import ConfigError
 from ..models.base import ModelOutput
 from ..registry import METHODS, Range
 from .base import Batch, Method, Requires, TeacherMode, need_teacher
-from .functional import cross_entropy, entropy, soft_cross_entropy, upcast
+from .functional import cross_entropy, entropy, label_terms, soft_cross_entropy, upcast
 
 VARIANTS = ("paper", "official")
 OFFICIAL_SMOOTHING = 0.1  # official code: L_cls against 0.9·Y + 0.1/K
@@ -154,9 +154,9 @@ class FocusNet(Method):
             raise ConfigError(
                 f"model.name: focusnet's baseline predicts {baseline.shape[-1]} classes, "
                 f"the model {out.logits.shape[-1]}")
-        terms = focus_picking_loss(out.logits, baseline, batch.y, alpha=self.alpha, beta=self.beta,
-                                   variant=self.variant, detach=self.detach,
-                                   reweight=self.use_reweight, smoothing=self.smoothing)
+        terms = label_terms(lambda y: focus_picking_loss(
+            out.logits, baseline, y, alpha=self.alpha, beta=self.beta, variant=self.variant, detach=self.detach,
+            reweight=self.use_reweight, smoothing=self.smoothing), batch)
         if not self.use_att:
             del terms["att"]
         if not self.use_ent:

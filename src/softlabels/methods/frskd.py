@@ -37,7 +37,7 @@ from ..models.base import ModelOutput
 from ..registry import METHODS, Range
 from .base import Batch, Method, Requires, need_features, need_setup
 from .focusnet import focus_picking_loss
-from .functional import cross_entropy, upcast
+from .functional import cross_entropy, label_terms, upcast
 from .kd import kd_kl
 
 FRSKD_REFERENCE = ("Ji, Shin, Hwang, Park, Moon, Refine Myself by Teaching Myself: Feature Refinement "
@@ -273,7 +273,8 @@ class FRSKD(Method):
     def loss(self, out: ModelOutput, batch: Batch, teachers: Sequence[ModelOutput] = ()) -> Dict[str, torch.Tensor]:
         features = need_features(out, "frskd")
         refined, teacher_logits = self.teach(features)
-        return frskd_loss(out.logits, teacher_logits, features, refined, batch.y,
+        return label_terms(lambda y: frskd_loss(
+                          out.logits, teacher_logits, features, refined, y,
                           alpha=self.alpha, beta=self.beta, temperature=self.temperature,
                           loss=self.loss_kind, focus_alpha=self.focus_alpha, focus_beta=self.focus_beta,
-                          focus_variant=self.focus_variant, focus_detach=self.focus_detach)
+                          focus_variant=self.focus_variant, focus_detach=self.focus_detach), batch)

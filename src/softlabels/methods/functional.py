@@ -12,16 +12,23 @@ Pieces:
   target_kl(z, q, T)           T²·KL(q ‖ softmax(z/T)) for a given probability target q
   entropy(z)                   H(softmax(z)) per sample
   masked_mean(v, m)            Σ m·v / max(Σ m, 1): a mean over the selected rows, 0 when none
+
+Mixed labels (mixup, cutmix; the one form is described in ``softlabels.data.base.Batch``):
+  record_mix(batch, λ, π)      write the mixing draws into ``batch.extra``
+  targets_of(batch)            ((y, 1),) or ((y, λ), (y[π], 1−λ)): the labels and their weights
+  label_terms(fn, batch)       Σ_j w_j·fn(y_j): a label-indexed loss on the batch's (mixed) labels
+  mix_terms(fn, y, λ, π)       λ·fn(y) + (1−λ)·fn(y[π]), the same without a batch
+  dominant_labels(batch)       per sample the label with the larger share (y where λ ≥ ½, else y[π])
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence, Union
+from typing import Callable, Dict, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
 
 __all__ = ["upcast", "cross_entropy", "soft_cross_entropy", "tempered_kl", "target_kl", "entropy",
-           "masked_mean", "reduce"]
+           "masked_mean", "reduce", "record_mix", "targets_of", "label_terms", "mix_terms", "dominant_labels"]
 
 
 def upcast(*tensors: torch.Tensor) -> Union[torch.Tensor, Sequence[torch.Tensor]]:
@@ -109,3 +116,79 @@ def masked_mean(values: torch.Tensor, mask: torch.Tensor, denominator: Optional[
     m = mask.to(values.dtype)
     den = m.sum() if denominator is None else denominator
     return (m * values).sum() / den.clamp_min(1.0)
+
+
+# ------------------------------------------------------------------------------ mixed labels
+MIX_LAMBDA, MIX_INDEX = "mix_lambda", "mix_index"
+Terms = Union[torch.Tensor, Dict[str, torch.Tensor]]
+
+
+def record_mix(batch, lam: float, index: torch.Tensor) -> Tuple[float, torch.Tensor]:
+    """Write the mixing draws of a method that mixes inputs (mixup, cutmix) into the batch:
+    ``batch.extra["mix_lambda"]`` = λ (0-d float32 tensor on the batch's device), the weight of
+    ``batch.y``, and ``batch.extra["mix_index"]`` = π (B indices), so that sample i's second
+    label is ``batch.y[π_i]`` with weight 1−λ. Returns (λ, π on the device)."""
+    dev = batch.x.device
+    index = index.to(dev, non_blocking=True)
+    batch.extra[MIX_LAMBDA] = torch.full((), float(lam), dtype=torch.float32, device=dev)
+    batch.extra[MIX_INDEX] = index
+    return lam, index
+
+
+def targets_of(batch) -> Tuple[Tuple[torch.Tensor, Union[float, torch.Tensor]], ...]:
+    """The labels every label-consuming loss term must use, with their weights:
+    ``((batch.y, 1.0),)`` for an unmixed batch, ``((y, λ), (y[π], 1−λ))`` for a mixed one."""
+    extra = _extra(batch)
+    lam = extra.get(MIX_LAMBDA)
+    if lam is None:
+        return ((batch.y, 1.0),)
+    index = extra[MIX_INDEX]
+    return ((batch.y, lam), (batch.y[index], 1 - lam))
+
+
+def _weighted_sum(fn: Callable[[torch.Tensor], Terms], pairs) -> Terms:
+    total = None
+    for labels, w in pairs:
+        value = fn(labels)
+        if isinstance(value, dict):
+            part = {k: _scale(v, w) for k, v in value.items()}
+            total = part if total is None else {k: total[k] + part[k] for k in total}
+        else:
+            part = _scale(value, w)
+            total = part if total is None else total + part
+    return total
+
+
+def _scale(value: torch.Tensor, w) -> torch.Tensor:
+    if torch.is_tensor(w):
+        return w.to(value.dtype) * value
+    return value if w == 1.0 else w * value
+
+
+def label_terms(fn: Callable[[torch.Tensor], Terms], batch) -> Terms:
+    """A label-indexed loss L(z, y) on the batch's labels: ``fn(batch.y)`` for an unmixed batch,
+    λ·fn(y) + (1−λ)·fn(y[π]) for a batch mixed by mixup/cutmix (Zhang et al. 2018; Yun et al.
+    2019) — for CE exactly CE against the mixed one-hot target. ``fn`` maps labels to a loss
+    tensor or to a dict of named terms (each is mixed)."""
+    return _weighted_sum(fn, targets_of(batch))
+
+
+def mix_terms(fn: Callable[[torch.Tensor], Terms], labels: torch.Tensor, lam,
+              index: torch.Tensor) -> Terms:
+    """λ·fn(labels) + (1−λ)·fn(labels[index]) (``lam`` a float or a 0-d tensor)."""
+    return _weighted_sum(fn, ((labels, lam), (labels[index], 1 - lam)))
+
+
+def dominant_labels(batch) -> torch.Tensor:
+    """Per sample the label with the larger weight: ``batch.y`` when unmixed or λ ≥ ½, else
+    ``batch.y[π]`` (no host synchronisation)."""
+    extra = _extra(batch)
+    lam = extra.get(MIX_LAMBDA)
+    if lam is None:
+        return batch.y
+    return torch.where(lam >= 0.5, batch.y, batch.y[extra[MIX_INDEX]])
+
+
+def _extra(batch) -> dict:
+    """``batch.extra`` (any object with ``y`` and, optionally, ``extra`` will do)."""
+    return getattr(batch, "extra", None) or {}

@@ -29,7 +29,7 @@ from ..errors import ConfigError
 from ..models.base import ModelOutput
 from ..registry import METHODS, Range
 from .base import Batch, Method, need_setup
-from .functional import cross_entropy, upcast
+from .functional import cross_entropy, dominant_labels, label_terms, upcast
 
 
 # ----------------------------------------------------------------------------------- AdaCos
@@ -164,10 +164,10 @@ class AdaCos(Method):
         if self.dynamic and head.training:
             old = head.s.detach().clone()
             cos = logits / old
-            new = adacos_dynamic_scale(cos, batch.y, old)
+            new = adacos_dynamic_scale(cos, dominant_labels(batch), old)
             head.s.copy_(new)
             logits = cos * new
-        return {"ce": cross_entropy(logits, batch.y)}
+        return {"ce": label_terms(lambda y: cross_entropy(logits, y), batch)}
 
 
 # --------------------------------------------------------------------------- Virtual Softmax
@@ -216,4 +216,4 @@ class VirtualSoftmax(Method):
 
     def loss(self, out: ModelOutput, batch: Batch, teachers: Sequence[ModelOutput] = ()) -> Dict[str, torch.Tensor]:
         head = need_setup(self._head, "virtual_softmax", "the reference to the model's head")
-        return {"ce": virtual_softmax_loss(out.logits, out.embedding, head.weight, batch.y)}
+        return {"ce": label_terms(lambda y: virtual_softmax_loss(out.logits, out.embedding, head.weight, y), batch)}

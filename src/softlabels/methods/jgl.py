@@ -30,7 +30,7 @@ from ..errors import ConfigError
 from ..models.base import ModelOutput
 from ..registry import METHODS, Range
 from .base import Batch, Method, Requires, TeacherMode, need_features, need_setup, need_teacher
-from .functional import cross_entropy, masked_mean, soft_cross_entropy, tempered_kl, upcast
+from .functional import cross_entropy, label_terms, masked_mean, soft_cross_entropy, tempered_kl, upcast
 
 JGL_REFERENCE = "Zhao et al., Improving Image Classification Through Joint Guided Learning, IEEE TIM 2022"
 LR_REFERENCE = "Bagherinezhad et al., Label Refinery: Improving ImageNet Classification through Label Progression, 2018"
@@ -191,7 +191,7 @@ class GuidedLabelRefinery(Method):
 
     def loss(self, out: ModelOutput, batch: Batch, teachers: Sequence[ModelOutput] = ()) -> Dict[str, torch.Tensor]:
         (teacher,) = need_teacher(teachers, "glr")
-        return {"glr": glr_loss(out.logits, teacher.logits, batch.y)}
+        return {"glr": label_terms(lambda y: glr_loss(out.logits, teacher.logits, y), batch)}
 
 
 Lambda = Annotated[float, Range(0.0, 1.0)]
@@ -313,7 +313,7 @@ class ChannelDistillation(_ChannelDistillationBase):
     def loss(self, out: ModelOutput, batch: Batch, teachers: Sequence[ModelOutput] = ()) -> Dict[str, torch.Tensor]:
         (teacher,) = need_teacher(teachers, "cd")
         w = self.weights()
-        return {"ce": w["ce"] * cross_entropy(out.logits, batch.y),   # Eq. 10 with CE for L_g: (1−λ)·CE
+        return {"ce": w["ce"] * label_terms(lambda y: cross_entropy(out.logits, y), batch),   # Eq. 10 with CE for L_g: (1−λ)·CE
                 "cd": w["cd"] * self._cd(out, teacher)}                # Eq. 10: λ·L_cd
 
 
@@ -354,7 +354,7 @@ class JointGuidedLearning(_ChannelDistillationBase):
         w = self.weights()
         cd = w["cd"] * self._cd(out, teacher)                                        # Eq. 10: λ·L_cd
         if self.variant == "official_cd":
-            return {"ce": w["ce"] * cross_entropy(out.logits, batch.y),
-                    "kd": w["kd"] * guided_kd_loss(out.logits, teacher.logits, batch.y),
+            return {"ce": w["ce"] * label_terms(lambda y: cross_entropy(out.logits, y), batch),
+                    "kd": w["kd"] * label_terms(lambda y: guided_kd_loss(out.logits, teacher.logits, y), batch),
                     "cd": cd}
-        return {"glr": w["glr"] * glr_loss(out.logits, teacher.logits, batch.y), "cd": cd}  # Eq. 10: (1−λ)·L_g
+        return {"glr": w["glr"] * label_terms(lambda y: glr_loss(out.logits, teacher.logits, y), batch), "cd": cd}  # Eq. 10: (1−λ)·L_g

@@ -13,7 +13,7 @@ import torch
 from ..models.base import ModelOutput
 from ..registry import METHODS, Range
 from .base import Batch, Method, Requires, TeacherMode, need_teacher
-from .functional import cross_entropy, tempered_kl
+from .functional import cross_entropy, label_terms, tempered_kl
 
 
 def kd_kl(logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 4.0) -> torch.Tensor:
@@ -47,6 +47,6 @@ class KnowledgeDistillation(Method):
         (teacher,) = need_teacher(teachers, "kd")
         terms = {}
         if self.alpha < 1.0:
-            terms["ce"] = (1 - self.alpha) * cross_entropy(out.logits, batch.y)
+            terms["ce"] = (1 - self.alpha) * label_terms(lambda y: cross_entropy(out.logits, y), batch)
         terms["kl"] = self.alpha * kd_kl(out.logits, teacher.logits, self.temperature)
         return terms

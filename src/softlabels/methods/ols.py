@@ -22,7 +22,7 @@ import torch.distributed as dist
 from ..models.base import ModelOutput
 from ..registry import METHODS, Range
 from .base import Batch, Method
-from .functional import cross_entropy, soft_cross_entropy
+from .functional import cross_entropy, dominant_labels, label_terms, soft_cross_entropy
 
 
 def ols_loss(logits: torch.Tensor, labels: torch.Tensor, soft_label_matrix: torch.Tensor,
@@ -85,6 +85,11 @@ class OnlineLabelSmoothing(Method):
                   (the paper's Fig. 7b ablation). None = once per epoch.
     single:       OLS-Single ablation: a class's soft label is the prediction of one random
                   correctly classified sample of the period instead of the class average.
+
+    With a mixing method (``ols+cutmix``, ``ols+mixup``) both terms use the mixed labels
+    (λ·L(z, y) + (1−λ)·L(z, y[π]), the soft term with the rows S[y] and S[y[π]]), and the
+    accumulation (Eq. 5) counts a mixed prediction for its dominant label (y where λ ≥ ½, else
+    y[π]) when its argmax is that label.
     """
 
     def __init__(self, num_classes: int, alpha: Annotated[float, Range(0.0, 1.0)] = 0.5,
@@ -110,18 +115,21 @@ class OnlineLabelSmoothing(Method):
 
     def loss(self, out: ModelOutput, batch: Batch, teachers: Sequence[ModelOutput] = ()) -> Dict[str, torch.Tensor]:
         logits = out.logits
-        target = self.soft_label_matrix[batch.y]
-        terms = {"ce": self.ce_weight * cross_entropy(logits, batch.y)}  # Eq. 3: α·CE
+        # mixed batches (mixup/cutmix): each term is λ·L(z, y) + (1−λ)·L(z, y[π]), see label_terms
+        terms = {"ce": self.ce_weight * label_terms(lambda y: cross_entropy(logits, y), batch)}  # Eq. 3: α·CE
         if self.soft_weight:
-            terms["soft"] = self.soft_weight * soft_cross_entropy(logits, target)  # Eq. 4: (1−α)·soft
+            soft = label_terms(lambda y: soft_cross_entropy(logits, self.soft_label_matrix[y]), batch)
+            terms["soft"] = self.soft_weight * soft  # Eq. 4: (1−α)·soft
         return terms
 
     @torch.no_grad()
     def on_step_end(self, out: ModelOutput, batch: Batch) -> None:
+        # a mixed sample (mixup/cutmix) counts for its dominant label (the larger share)
+        labels = dominant_labels(batch)
         if self.single:
-            self._keep_one_random(out.logits, batch.y)
+            self._keep_one_random(out.logits, labels)
         else:
-            ols_accumulate(out.logits, batch.y, self.accum, self.count)
+            ols_accumulate(out.logits, labels, self.accum, self.count)
         self.steps += 1
         if self.update_every is not None and int(self.steps) % self.update_every == 0:
             self.update_soft_labels()

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from ..models.base import ModelOutput
 from ..registry import METHODS, Range
 from .base import Batch, Method, Requires, TeacherMode, need_features, need_teacher
-from .functional import cross_entropy, upcast
+from .functional import cross_entropy, label_terms, upcast
 
 #: ε added to the variance in the paper form of Eq. 2 (the paper gives no value): small enough
 #: to leave any non-degenerate map unchanged in float32, large enough that a constant map
@@ -164,7 +164,7 @@ class OrthogonalTransfer(Method):
             self.members_before = len(teachers)
 
     def loss(self, out: ModelOutput, batch: Batch, teachers: Sequence[ModelOutput] = ()) -> Dict[str, torch.Tensor]:
-        ce = cross_entropy(out.logits, batch.y)
+        ce = label_terms(lambda y: cross_entropy(out.logits, y), batch)
         terms = {"ce": ce}
         n_t = self.members_before
         if n_t == 0:

@@ -26,7 +26,7 @@ from ..errors import ConfigError
 from ..models.base import ModelOutput
 from ..registry import METHODS, Range
 from .base import Batch, Method
-from .functional import cross_entropy, entropy, masked_mean, soft_cross_entropy, upcast
+from .functional import cross_entropy, entropy, label_terms, masked_mean, soft_cross_entropy, upcast
 
 __all__ = [
     "entropy", "confidence_penalty", "maxent_loss", "focal_loss", "reverse_cross_entropy",
@@ -173,7 +173,7 @@ class ConfidencePenalty(Method):
         self.beta, self.threshold = beta, threshold
 
     def loss(self, out: ModelOutput, batch: Batch, teachers: Sequence[ModelOutput] = ()) -> Dict[str, torch.Tensor]:
-        return {"ce": cross_entropy(out.logits, batch.y),
+        return {"ce": label_terms(lambda y: cross_entropy(out.logits, y), batch),
                 "entropy": confidence_penalty(out.logits, self.beta, self.threshold)}
 
 
@@ -202,7 +202,7 @@ class FocalLoss(Method):
 
     def loss(self, out: ModelOutput, batch: Batch, teachers: Sequence[ModelOutput] = ()) -> Dict[str, torch.Tensor]:
         alpha = self.alpha_weights if self.alpha_weights is not None else self.alpha_scalar
-        return {"focal": focal_loss(out.logits, batch.y, self.gamma, alpha)}
+        return {"focal": label_terms(lambda y: focal_loss(out.logits, y, self.gamma, alpha), batch)}
 
 
 @METHODS.register("sce", "symmetric cross-entropy: alpha*CE + beta*RCE",
@@ -221,8 +221,8 @@ class SymmetricCrossEntropy(Method):
         self.alpha, self.beta, self.log_clamp = alpha, beta, log_clamp
 
     def loss(self, out: ModelOutput, batch: Batch, teachers: Sequence[ModelOutput] = ()) -> Dict[str, torch.Tensor]:
-        return {"ce": self.alpha * cross_entropy(out.logits, batch.y),
-                "rce": self.beta * reverse_cross_entropy(out.logits, batch.y, self.log_clamp)}
+        return {"ce": self.alpha * label_terms(lambda y: cross_entropy(out.logits, y), batch),
+                "rce": self.beta * label_terms(lambda y: reverse_cross_entropy(out.logits, y, self.log_clamp), batch)}
 
 
 def _bootstrap_terms(logits, labels, beta, own_target):
@@ -248,7 +248,8 @@ class SoftBootstrap(Method):
 
     def loss(self, out: ModelOutput, batch: Batch, teachers: Sequence[ModelOutput] = ()) -> Dict[str, torch.Tensor]:
         p = F.softmax(upcast(out.logits), dim=1)
-        return _bootstrap_terms(out.logits, batch.y, self.beta, p.detach() if self.detach else p)
+        own = p.detach() if self.detach else p
+        return label_terms(lambda y: _bootstrap_terms(out.logits, y, self.beta, own), batch)
 
 
 @METHODS.register("bootstrap_hard", "hard bootstrapping: CE against beta*onehot + (1-beta)*onehot(argmax p)",
@@ -265,7 +266,7 @@ class HardBootstrap(Method):
     def loss(self, out: ModelOutput, batch: Batch, teachers: Sequence[ModelOutput] = ()) -> Dict[str, torch.Tensor]:
         logits = out.logits.detach()
         pred = F.one_hot(logits.argmax(dim=1), logits.shape[1]).to(upcast(logits).dtype)
-        return _bootstrap_terms(out.logits, batch.y, self.beta, pred)
+        return label_terms(lambda y: _bootstrap_terms(out.logits, y, self.beta, pred), batch)
 
 
 @METHODS.register("disturb_label", "DisturbLabel: each label resampled uniformly over all classes with prob. alpha",
@@ -279,8 +280,9 @@ class DisturbLabel(Method):
         self.alpha = alpha
 
     def loss(self, out: ModelOutput, batch: Batch, teachers: Sequence[ModelOutput] = ()) -> Dict[str, torch.Tensor]:
-        y = disturb_labels(batch.y, self.num_classes, self.alpha) if self.alpha > 0 else batch.y
-        return {"ce": cross_entropy(out.logits, y)}
+        def ce(y):
+            return cross_entropy(out.logits, disturb_labels(y, self.num_classes, self.alpha) if self.alpha > 0 else y)
+        return {"ce": label_terms(ce, batch)}
 
 
 @METHODS.register("pairwise_confusion", "Pairwise Confusion: CE + lambda*||p_i - p_j||^2 over cross-class pairs",
@@ -299,5 +301,5 @@ class PairwiseConfusion(Method):
         self.lam = lam if lam is not None else (10.0 if variant == "code" else 0.1 * num_classes)
 
     def loss(self, out: ModelOutput, batch: Batch, teachers: Sequence[ModelOutput] = ()) -> Dict[str, torch.Tensor]:
-        return {"ce": cross_entropy(out.logits, batch.y),
-                "confusion": self.lam * pairwise_confusion(out.logits, batch.y, self.variant)}
+        return {"ce": label_terms(lambda y: cross_entropy(out.logits, y), batch),
+                "confusion": self.lam * label_terms(lambda y: pairwise_confusion(out.logits, y, self.variant), batch)}

@@ -29,7 +29,7 @@ from ..errors import ConfigError
 from ..models.base import ModelOutput
 from ..registry import METHODS, Range
 from .base import Batch, Method, Requires, TeacherMode, need_teacher
-from .functional import cross_entropy, target_kl, upcast
+from .functional import cross_entropy, label_terms, target_kl, upcast
 from .kd import kd_kl
 
 TFKD_REFERENCE = ("Yuan, Tay, Li, Wang, Feng, Revisiting Knowledge Distillation via Label Smoothing "
@@ -177,7 +177,7 @@ class TeacherFreeSelfKD(Method):
         (teacher,) = need_teacher(teachers, "tfkd_self")
         terms = {}
         if self.alpha < 1.0:
-            terms["ce"] = (1 - self.alpha) * cross_entropy(out.logits, batch.y)
+            terms["ce"] = (1 - self.alpha) * label_terms(lambda y: cross_entropy(out.logits, y), batch)
         terms["kl"] = self.alpha * tfkd_self_kl(out.logits, teacher.logits, self.temperature,
                                                 self.variant, self.multiplier)
         return terms
@@ -206,7 +206,7 @@ class TeacherFreeRegularization(Method):
     def loss(self, out: ModelOutput, batch: Batch, teachers: Sequence[ModelOutput] = ()) -> Dict[str, torch.Tensor]:
         terms = {}
         if self.alpha < 1.0:
-            terms["ce"] = (1 - self.alpha) * cross_entropy(out.logits, batch.y)
-        terms["kl"] = self.alpha * tfkd_reg_kl(out.logits, batch.y, self.temperature, self.correct_prob,
-                                               self.variant, self.multiplier)
+            terms["ce"] = (1 - self.alpha) * label_terms(lambda y: cross_entropy(out.logits, y), batch)
+        terms["kl"] = self.alpha * label_terms(lambda y: tfkd_reg_kl(
+            out.logits, y, self.temperature, self.correct_prob, self.variant, self.multiplier), batch)
         return terms
