@@ -447,11 +447,19 @@ class RandomErasing:
         b = self.boxes(seeds, h, w)
         if not b["erase"].any():
             return images
-        dev = images.device
-        t, l, bh, bw = (torch.from_numpy(b[k]).to(dev) for k in ("top", "left", "height", "width"))
-        rows = torch.arange(h, device=dev)[None, :]
-        cols = torch.arange(w, device=dev)[None, :]
-        in_rows = (rows >= t[:, None]) & (rows < (t + bh)[:, None])  # B×H
-        in_cols = (cols >= l[:, None]) & (cols < (l + bw)[:, None])  # B×W
-        mask = in_rows[:, None, :, None] & in_cols[:, None, None, :]
-        return images.masked_fill(mask, self.value)
+        t, l, bh, bw = (torch.from_numpy(b[k]).to(images.device) for k in ("top", "left", "height", "width"))
+        return images.masked_fill(box_mask(t, l, bh, bw, h, w)[:, None], self.value)
+
+
+def box_mask(top: torch.Tensor, left: torch.Tensor, height, width, rows: int, cols: int) -> torch.Tensor:
+    """B×rows×cols boolean mask, True inside box b: rows [top_b, top_b + height_b), columns
+    [left_b, left_b + width_b), clipped to the image (boxes may start outside it). ``height`` /
+    ``width``: a tensor per box or one int for all."""
+    dev = top.device
+    r = torch.arange(rows, device=dev)[None, :]
+    c = torch.arange(cols, device=dev)[None, :]
+    bottom = top + torch.as_tensor(height, device=dev)
+    right = left + torch.as_tensor(width, device=dev)
+    in_r = (r >= top[:, None]) & (r < bottom.reshape(-1, 1))   # B×rows
+    in_c = (c >= left[:, None]) & (c < right.reshape(-1, 1))   # B×cols
+    return in_r[:, :, None] & in_c[:, None, :]
