@@ -200,3 +200,22 @@ def test_derived_roles_differ_from_the_crop_seed():
 
     a, b = derived_seeds(s, AUTO_AUGMENT_ROLE), derived_seeds(s, ERASING_ROLE)
     assert not torch.equal(a, s) and not torch.equal(a, b)
+
+
+def test_ops_match_torchvisions_randaugment_definitions():
+    """Each op at a signed magnitude equals what torchvision's own RandAugment applies for it
+    (its per-op method; skipped where a torchvision version lacks it)."""
+    from torchvision.transforms import InterpolationMode
+    from torchvision.transforms.v2 import RandAugment
+
+    ra = RandAugment()
+    ref = getattr(ra, "_apply_image_or_video_transform", None)
+    if ref is None:
+        pytest.skip("this torchvision has no per-op method to compare with")
+    x = gradient_images(3)
+    magnitudes = {"Identity": [0.0], "AutoContrast": [0.0], "Equalize": [0.0], "Posterize": [5.0],
+                  "Solarize": [0.4], "TranslateX": [7.0, -3.0], "TranslateY": [7.0, -3.0]}
+    for op in AUTO_AUGMENT_OPS:
+        for m in magnitudes.get(op, [0.2, -0.3]):
+            want = ref(x, op, m, InterpolationMode.NEAREST, {})
+            assert torch.equal(apply_op(x, op, m), want), (op, m)
