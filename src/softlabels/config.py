@@ -53,6 +53,10 @@ class DataConfig:
     label_noise: float = field(default=0.0, metadata=_range(0.0, 1.0, hi_open=True))
     train_subset: Optional[int] = field(default=None, metadata=_range(1, MAX_BATCH))
     workers: int = field(default=0, metadata=_range(0, MAX_THREADS))
+    auto_augment: Optional[Literal["randaugment", "trivialaugment"]] = None
+    randaugment_ops: int = field(default=2, metadata=_range(1, 14))
+    randaugment_magnitude: int = field(default=9, metadata=_range(0, 30))
+    random_erasing: float = field(default=0.0, metadata=_range(0.0, 1.0))
 
 
 @dataclass

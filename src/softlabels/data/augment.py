@@ -18,12 +18,26 @@ The transforms, all applied on the device to a whole batch:
 - ``CenterCrop``: the centred ``size``×``size`` window (evaluation).
 - ``Resize``: the whole image resized to ``size``×``size`` (evaluation of a random-resized-crop
   protocol on images held at another size, e.g. Tiny ImageNet 64 → 32).
+
+After the crop, for training uses only (``loader.PlannedLoader`` applies them, in-memory and file
+datasets alike):
+
+- ``AutoAugment``: RandAugment (``num_ops`` ops at one ``magnitude``) or TrivialAugment (one op,
+  a random magnitude bin) on the uint8 batch, with torchvision's op list, magnitude bins and
+  signs, applied with ``torchvision.transforms.v2.functional``. Samples that drew the same (op,
+  magnitude, sign) go through the op together, so a step is a handful of batched calls.
+- ``RandomErasing``: after normalisation, each image with probability ``p`` gets one box (area
+  2–33 % of the image, aspect 0.3–3.3, torchvision's sampling and 10 tries) set to 0, i.e. to
+  the mean colour, as torchvision's reference recipe does.
+
+Their draws use the seeds ``derived_seeds(seed, AUTO_AUGMENT_ROLE)`` / ``ERASING_ROLE`` of each
+use, so they too depend only on (seed, epoch, sample, role).
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Dict, List, Sequence, Tuple, Union
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -264,3 +278,188 @@ def normalize(images: torch.Tensor, mean, std, dtype=torch.float32) -> torch.Ten
     m = torch.as_tensor(mean, device=images.device, dtype=dtype).view(1, -1, 1, 1)
     s = torch.as_tensor(std, device=images.device, dtype=dtype).view(1, -1, 1, 1)
     return (images.to(dtype) / 255.0 - m) / s
+
+
+# roles of the post-crop augmentations in derived_seeds: above the views and PARTNER_ROLE (2**32)
+AUTO_AUGMENT_ROLE = 1 << 33
+ERASING_ROLE = (1 << 33) + 1
+AUTO_AUGMENT_POLICIES = ("randaugment", "trivialaugment")
+
+# torchvision's op list of RandAugment / TrivialAugmentWide (same 14 ops, same order)
+AUTO_AUGMENT_OPS = ("Identity", "ShearX", "ShearY", "TranslateX", "TranslateY", "Rotate",
+                    "Brightness", "Color", "Contrast", "Sharpness", "Posterize", "Solarize",
+                    "AutoContrast", "Equalize")
+_SIGNED = {"ShearX", "ShearY", "TranslateX", "TranslateY", "Rotate", "Brightness", "Color",
+           "Contrast", "Sharpness"}
+
+
+def _op_magnitudes(policy: str, op: str, bins: int, height: int, width: int) -> Optional[np.ndarray]:
+    """The magnitude of every bin of ``op`` (torchvision's augmentation spaces): RandAugment's
+    and TrivialAugmentWide's; None for the ops without a magnitude."""
+    wide = policy == "trivialaugment"
+    if op in ("ShearX", "ShearY"):
+        return np.linspace(0.0, 0.99 if wide else 0.3, bins)
+    if op in ("TranslateX", "TranslateY"):
+        side = width if op == "TranslateX" else height
+        return np.linspace(0.0, 32.0 if wide else 150.0 / 331.0 * side, bins)
+    if op == "Rotate":
+        return np.linspace(0.0, 135.0 if wide else 30.0, bins)
+    if op in ("Brightness", "Color", "Contrast", "Sharpness"):
+        return np.linspace(0.0, 0.99 if wide else 0.9, bins)
+    if op == "Posterize":  # bits: 8 … 4 (RandAugment) or 8 … 2 (TrivialAugmentWide)
+        return np.round(8 - np.arange(bins) / ((bins - 1) / (6 if wide else 4)))
+    if op == "Solarize":  # threshold as a fraction of 255
+        return np.linspace(1.0, 0.0, bins)
+    return None
+
+
+def apply_op(images: torch.Tensor, op: str, magnitude: float) -> torch.Tensor:
+    """One RandAugment/TrivialAugment op at one (signed) magnitude on a uint8 B×C×H×W batch
+    (any device): torchvision's definitions, nearest interpolation, fill 0."""
+    from torchvision.transforms.v2 import functional as TF
+
+    if op == "Identity":
+        return images
+    if op in ("ShearX", "ShearY"):
+        angle = math.degrees(math.atan(magnitude))
+        shear = [angle, 0.0] if op == "ShearX" else [0.0, angle]
+        return TF.affine(images, angle=0.0, translate=[0, 0], scale=1.0, shear=shear, center=[0, 0])
+    if op in ("TranslateX", "TranslateY"):
+        shift = [int(magnitude), 0] if op == "TranslateX" else [0, int(magnitude)]
+        return TF.affine(images, angle=0.0, translate=shift, scale=1.0, shear=[0.0, 0.0])
+    if op == "Rotate":
+        return TF.rotate(images, angle=magnitude)
+    if op == "Brightness":
+        return TF.adjust_brightness(images, 1.0 + magnitude)
+    if op == "Color":
+        return TF.adjust_saturation(images, 1.0 + magnitude)
+    if op == "Contrast":
+        return TF.adjust_contrast(images, 1.0 + magnitude)
+    if op == "Sharpness":
+        return TF.adjust_sharpness(images, 1.0 + magnitude)
+    if op == "Posterize":
+        return TF.posterize(images, int(magnitude))
+    if op == "Solarize":
+        return TF.solarize(images, 255.0 * magnitude)
+    if op == "AutoContrast":
+        return TF.autocontrast(images)
+    if op == "Equalize":
+        return TF.equalize(images)
+    raise ValueError(f"unknown augmentation op {op!r}")
+
+
+@dataclass
+class AutoAugment:
+    """RandAugment (``num_ops`` ops, each at bin ``magnitude`` of ``num_bins``) or TrivialAugment
+    (one op, a uniformly drawn bin), per sample from its seed; signed ops flip their sign with
+    probability 1/2. Ops are drawn uniformly from ``AUTO_AUGMENT_OPS``."""
+
+    policy: str = "randaugment"
+    num_ops: int = 2
+    magnitude: int = 9
+    num_bins: int = 31
+
+    @property
+    def layers(self) -> int:
+        return self.num_ops if self.policy == "randaugment" else 1
+
+    def params(self, seeds) -> Dict[str, np.ndarray]:
+        """Per sample and layer (B×layers): ``op`` (index into AUTO_AUGMENT_OPS), ``bin`` and
+        ``negative`` (the sign of a signed op)."""
+        u = uniforms(derived_seeds(seeds, AUTO_AUGMENT_ROLE), 3 * self.layers).reshape(-1, self.layers, 3)
+        n_ops = len(AUTO_AUGMENT_OPS)
+        op = np.minimum((u[..., 0] * n_ops).astype(np.int64), n_ops - 1)
+        if self.policy == "randaugment":
+            bins = np.full(op.shape, self.magnitude, dtype=np.int64)
+        else:
+            bins = np.minimum((u[..., 1] * self.num_bins).astype(np.int64), self.num_bins - 1)
+        return {"op": op, "bin": bins, "negative": u[..., 2] < 0.5}
+
+    def apply(self, images: torch.Tensor, seeds) -> torch.Tensor:
+        """The uint8 B×C×H×W batch, each image through its own ops; samples that drew the
+        same (op, bin, sign) in a layer share one batched call."""
+        if len(images) == 0:
+            return images
+        p = self.params(seeds)
+        h, w = images.shape[-2:]
+        for layer in range(self.layers):
+            op, bins, neg = p["op"][:, layer], p["bin"][:, layer], p["negative"][:, layer]
+            key = (op * self.num_bins + bins) * 2 + neg
+            out = None
+            for k in np.unique(key):
+                idx = np.nonzero(key == k)[0]
+                name = AUTO_AUGMENT_OPS[int(op[idx[0]])]
+                mags = _op_magnitudes(self.policy, name, self.num_bins, h, w)
+                if name == "Identity":
+                    continue
+                m = 0.0 if mags is None else float(mags[int(bins[idx[0]])])
+                if name in _SIGNED and bool(neg[idx[0]]):
+                    m = -m
+                if out is None:
+                    out = images.clone()
+                sel = torch.from_numpy(idx).to(images.device)
+                out[sel] = apply_op(images[sel], name, m)
+            if out is not None:
+                images = out
+        return images
+
+
+@dataclass
+class RandomErasing:
+    """torchvision's RandomErasing on a normalised float batch: with probability ``p`` per
+    image, one box of ``scale`` × the area and aspect ratio in ``ratio`` (log-uniform), placed
+    uniformly, set to ``value``; after ``tries`` boxes that do not fit, the image is kept."""
+
+    p: float = 0.5
+    scale: Tuple[float, float] = (0.02, 0.33)
+    ratio: Tuple[float, float] = (0.3, 3.3)
+    value: float = 0.0
+    tries: int = 10
+
+    def boxes(self, seeds, height: int, width: int) -> Dict[str, np.ndarray]:
+        """``erase`` (bool) and top, left, height, width per sample (a 0×0 box when not erased)."""
+        u = uniforms(derived_seeds(seeds, ERASING_ROLE), 1 + 4 * self.tries)
+        n = len(u)
+        area = float(height * width)
+        log_lo, log_hi = math.log(self.ratio[0]), math.log(self.ratio[1])
+        top, left = np.zeros(n, np.int64), np.zeros(n, np.int64)
+        bh, bw = np.zeros(n, np.int64), np.zeros(n, np.int64)
+        todo = u[:, 0] < self.p
+        done = np.zeros(n, dtype=bool)
+        for t in range(self.tries):
+            c = 1 + 4 * t
+            target = area * (self.scale[0] + u[:, c] * (self.scale[1] - self.scale[0]))
+            aspect = np.exp(log_lo + u[:, c + 1] * (log_hi - log_lo))
+            eh = np.round(np.sqrt(target * aspect)).astype(np.int64)
+            ew = np.round(np.sqrt(target / aspect)).astype(np.int64)
+            ok = todo & ~done & (eh < height) & (ew < width)
+            top[ok] = np.floor(u[ok, c + 2] * (height - eh[ok] + 1)).astype(np.int64)
+            left[ok] = np.floor(u[ok, c + 3] * (width - ew[ok] + 1)).astype(np.int64)
+            bh[ok], bw[ok] = eh[ok], ew[ok]
+            done |= ok
+        return {"erase": done, "top": top, "left": left, "height": bh, "width": bw}
+
+    def apply(self, images: torch.Tensor, seeds) -> torch.Tensor:
+        """The B×C×H×W batch with each drawn box set to ``value`` (one batched masked fill)."""
+        if len(images) == 0:
+            return images
+        h, w = images.shape[-2:]
+        b = self.boxes(seeds, h, w)
+        if not b["erase"].any():
+            return images
+        t, l, bh, bw = (torch.from_numpy(b[k]).to(images.device) for k in ("top", "left", "height", "width"))
+        return images.masked_fill(box_mask(t, l, bh, bw, h, w)[:, None], self.value)
+
+
+def box_mask(top: torch.Tensor, left: torch.Tensor, height, width, rows: int, cols: int) -> torch.Tensor:
+    """B×rows×cols boolean mask, True inside box b: rows [top_b, top_b + height_b), columns
+    [left_b, left_b + width_b), clipped to the image (boxes may start outside it). ``height`` /
+    ``width``: a tensor per box or one int for all."""
+    dev = top.device
+    r = torch.arange(rows, device=dev)[None, :]
+    c = torch.arange(cols, device=dev)[None, :]
+    bottom = top + torch.as_tensor(height, device=dev)
+    right = left + torch.as_tensor(width, device=dev)
+    in_r = (r >= top[:, None]) & (r < bottom.reshape(-1, 1))   # B×rows
+    in_c = (c >= left[:, None]) & (c < right.reshape(-1, 1))   # B×cols
+    return in_r[:, :, None] & in_c[:, None, :]

@@ -23,7 +23,8 @@ Input protocol (data options of every file reader, checked by ``check_file_optio
   ``image_size`` window of the stored image, i.e. Resize(resize) + CenterCrop(image_size).
 
 The worker (or the main process) only slices the crop box out of the stored image; resizing
-the box to ``image_size``, flipping and normalising run batched on the training device.
+the box to ``image_size``, flipping, RandAugment/TrivialAugment (``data.auto_augment``),
+normalising and random erasing (``data.random_erasing``) run batched on the training device.
 Boxes and flips are drawn from each use's seed (``augment``), so the images a step sees depend
 only on (seed, epoch, sample, role): not on the number of worker processes, on the DDP world
 size, or on whether the cache is used.
@@ -279,6 +280,10 @@ class FileLoader(PlannedLoader):
     ``partner_x`` with the partner's own seed, ``partner_y``, ``partner_index``), ``views``
     (``view1`` …, each with its own seed), ``clean`` (``clean_x``, the evaluation crop). Each
     file of a step is decoded once; adding views or a clean copy does not change ``batch.x``.
+
+    ``auto_augment`` / ``erasing`` (``augment.AutoAugment`` / ``augment.RandomErasing``, with
+    ``augment`` only): applied on the device after the crop, as for in-memory sets
+    (``loader.PlannedLoader``).
     """
 
     def __init__(
@@ -305,6 +310,8 @@ class FileLoader(PlannedLoader):
         train_crop: str = "random_resized_crop",
         resize_shape: str = "short_side",
         cache=None,
+        auto_augment=None,
+        erasing=None,
     ):
         from .cache import ResizeRule
 
@@ -315,7 +322,9 @@ class FileLoader(PlannedLoader):
         check_file_options(image_size, resize, mean, std, train_crop, resize_shape)
         super().__init__(len(split), split.labels, batch_size, train=train, mean=mean, std=std,
                          device=device, seed=seed, rank=rank, world=world, sampler=sampler,
-                         channels_last=channels_last, views=views, clean=clean)
+                         channels_last=channels_last, views=views, clean=clean,
+                         auto_augment=auto_augment if augment else None,
+                         erasing=erasing if augment else None)
         self.split = split
         self.image_size = image_size
         self.rule = ResizeRule(resize, resize_shape)

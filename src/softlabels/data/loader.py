@@ -30,7 +30,7 @@ from typing import Dict, Iterator, List, NamedTuple, Optional, Sequence, Union
 
 import torch
 
-from .augment import BoxTransform, CropFlip, apply_boxes, derived_seeds, normalize
+from .augment import AutoAugment, BoxTransform, CropFlip, RandomErasing, apply_boxes, derived_seeds, normalize
 from .base import Batch, TensorSplit
 
 # role of a partner image in derived_seed: far above any view number
@@ -191,12 +191,18 @@ class PlannedLoader:
     batches on the device under the keys ``x``, ``view1`` …, ``clean_x``, ``partner_x`` (those
     asked for). ``Batch.extra`` then has, in this order: ``view1`` …, ``clean_x``,
     ``partner_x``, ``partner_y``, ``partner_index``.
+
+    Training only, on every image that went through the training transform (``x``, views,
+    ``partner_x``; not ``clean_x``), with that use's seed: ``auto_augment`` (an
+    ``augment.AutoAugment``) on the uint8 batch, then normalisation, then ``erasing`` (an
+    ``augment.RandomErasing``).
     """
 
     def __init__(self, n: int, labels: torch.Tensor, batch_size: int, *, train: bool,
                  mean: Sequence[float], std: Sequence[float], device, seed: int = 0,
                  rank: int = 0, world: int = 1, sampler=None, channels_last: bool = False,
-                 views: int = 1, clean: bool = False):
+                 views: int = 1, clean: bool = False, auto_augment: Optional[AutoAugment] = None,
+                 erasing: Optional[RandomErasing] = None):
         from ..errors import ConfigError
 
         if batch_size < 1 or world < 1 or not 0 <= rank < world:
@@ -207,7 +213,7 @@ class PlannedLoader:
         if isinstance(views, bool) or not isinstance(views, int) or views < 1:
             raise ConfigError(f"loader: views must be an integer >= 1, got {views!r}")
         if not train:
-            sampler, views, clean = None, 1, False
+            sampler, views, clean, auto_augment, erasing = None, 1, False, None, None
         if sampler is not None and (sampler.n != n or sampler.batch_size != batch_size):
             raise ConfigError(
                 f"loader: the sampler covers {sampler.n} samples in batches of "
@@ -216,6 +222,7 @@ class PlannedLoader:
         self.batch_size = batch_size
         self.sampler, self.views, self.clean = sampler, views, bool(clean)
         self.channels_last = channels_last
+        self.auto_augment, self.erasing = auto_augment, erasing
         self.device = torch.device(device)
         self.mean, self.std = tuple(mean), tuple(std)
         self._mean_t = torch.tensor(self.mean, dtype=torch.float32, device=self.device)
@@ -248,18 +255,24 @@ class PlannedLoader:
     def uses(self, step: Step):
         return step_uses(step, self.views, self.clean)
 
-    def _finish(self, x: torch.Tensor) -> torch.Tensor:
+    def _finish(self, x: torch.Tensor, seeds: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """uint8 → the model's input; ``seeds`` (a training use) adds the post-crop augmentations."""
+        if seeds is not None and self.auto_augment is not None:
+            x = self.auto_augment.apply(x, seeds)
         x = normalize(x, self._mean_t, self._std_t)
+        if seeds is not None and self.erasing is not None:
+            x = self.erasing.apply(x, seeds)
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
     def _batch(self, step: Step, images: Dict[str, torch.Tensor]) -> Batch:
+        seeds = {key: (s if train and self.train else None) for key, _, s, train in self.uses(step)}
         index = step.anchors.to(self.device, non_blocking=True)
-        batch = Batch(x=self._finish(images["x"]), y=self._labels[index], index=index)
+        batch = Batch(x=self._finish(images["x"], seeds["x"]), y=self._labels[index], index=index)
         for key in [f"view{v}" for v in range(1, self.views)] + (["clean_x"] if self.clean else []):
-            batch.extra[key] = self._finish(images[key])
+            batch.extra[key] = self._finish(images[key], seeds[key])
         if step.partners is not None:
             partners = step.partners.to(self.device, non_blocking=True)
-            batch.extra["partner_x"] = self._finish(images["partner_x"])
+            batch.extra["partner_x"] = self._finish(images["partner_x"], seeds["partner_x"])
             batch.extra["partner_y"] = self._labels[partners]
             batch.extra["partner_index"] = partners
         return batch
@@ -283,18 +296,21 @@ class TensorLoader(PlannedLoader):
     transform such as ``ResizedCrop``) on the device, labels as given (noisy if label noise is
     on). train=False: ordered batches of this rank's contiguous shard through
     ``eval_transform`` (None: the stored images), for evaluation (the engine gathers shards).
-    ``clean`` copies also go through ``eval_transform``.
+    ``clean`` copies also go through ``eval_transform``. ``auto_augment``/``erasing``: see
+    ``PlannedLoader``.
     """
 
     def __init__(self, split: TensorSplit, batch_size: int, *, train: bool, mean: Sequence[float],
                  std: Sequence[float], device: torch.device, seed: int = 0,
                  augment: Augment = None, rank: int = 0, world: int = 1,
                  sampler=None, channels_last: bool = False, views: int = 1, clean: bool = False,
-                 eval_transform: Optional[BoxTransform] = None):
+                 eval_transform: Optional[BoxTransform] = None,
+                 auto_augment: Optional[AutoAugment] = None, erasing: Optional[RandomErasing] = None):
         n = len(split)
         super().__init__(n, split.labels, batch_size, train=train, mean=mean, std=std,
                          device=device, seed=seed, rank=rank, world=world, sampler=sampler,
-                         channels_last=channels_last, views=views, clean=clean)
+                         channels_last=channels_last, views=views, clean=clean,
+                         auto_augment=auto_augment, erasing=erasing)
         self.augment = augment if train else None
         self.eval_transform = eval_transform
         if train:

@@ -96,6 +96,19 @@ def prepare_data(cfg: DataConfig, dataset=None) -> PreparedData:
     return PreparedData(ds, train, val, ds.test, clean, noisy_index, source)
 
 
+def post_crop_augmentations(cfg: DataConfig) -> dict:
+    """The loaders' ``auto_augment`` / ``erasing`` from ``data.auto_augment``,
+    ``data.randaugment_ops``/``_magnitude`` and ``data.random_erasing`` (only with
+    ``data.augment``; training loaders only)."""
+    from .augment import AutoAugment, RandomErasing
+
+    on = cfg.augment
+    auto = (AutoAugment(cfg.auto_augment, cfg.randaugment_ops, cfg.randaugment_magnitude)
+            if on and cfg.auto_augment else None)
+    erasing = RandomErasing(cfg.random_erasing) if on and cfg.random_erasing > 0 else None
+    return {"auto_augment": auto, "erasing": erasing}
+
+
 def build_loaders(data: PreparedData, cfg: DataConfig, *, device, seed: int, rank: int, world: int,
                   channels_last: bool, requires=None, progress: bool = True):
     """(train, val or None, test) loaders for this rank, supplying what ``requires`` asks for
@@ -120,7 +133,7 @@ def build_loaders(data: PreparedData, cfg: DataConfig, *, device, seed: int, ran
     if cfg.batch_size % world:
         raise ConfigError(f"data.batch_size: the global batch {cfg.batch_size} must be divisible by the {world} processes")
     common = dict(mean=ds.mean, std=ds.std, device=device, seed=seed, rank=rank, world=world,
-                  channels_last=channels_last)
+                  channels_last=channels_last, **post_crop_augmentations(cfg))
     if isinstance(ds, ImageTensors):
         from .augment import CropFlip, ResizedCrop, Resize
         from .loader import TensorLoader

@@ -278,13 +278,9 @@ def cutout_mask(cy: torch.Tensor, cx: torch.Tensor, size: int, height: int, widt
     The square of image b covers rows [cy_b − size//2, cy_b − size//2 + size) and the same for
     columns, clipped to the image (exactly ``size`` wide before clipping, also for odd sizes).
     """
-    dev = cy.device
-    top, left = cy - size // 2, cx - size // 2
-    rows = torch.arange(height, device=dev)[None, :]
-    cols = torch.arange(width, device=dev)[None, :]
-    in_r = (rows >= top[:, None]) & (rows < top[:, None] + size)   # B×H
-    in_c = (cols >= left[:, None]) & (cols < left[:, None] + size)  # B×W
-    return in_r[:, :, None] & in_c[:, None, :]
+    from ..data.augment import box_mask
+
+    return box_mask(cy - size // 2, cx - size // 2, size, size, height, width)
 
 
 def apply_cutout(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
