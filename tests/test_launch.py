@@ -163,7 +163,7 @@ def test_resources_and_options_are_checked(tmp_path, capsys):
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and needle in err and "launch-test.yaml: columns.d" in err, err
     path = study_file(tmp_path)
-    for flags, needle in ((["--jobs", "0"], "--jobs: expected >= 1"), (["--devices", "a,b"], "--devices"),
+    for flags, needle in ((["--jobs", "0"], "--jobs: expected an integer from 1"), (["--devices", "a,b"], "--devices"),
                           (["--time", "x"], "--time"), (["--mem", "9Q"], "--mem")):
         assert main(["study", str(path), "--out", str(tmp_path / "o")] + flags) == 2
         err = capsys.readouterr().err
