@@ -128,6 +128,15 @@ class EvalMode:
         return False
 
 
+def reset_initialise(module: nn.Module) -> nn.Module:
+    """PyTorch's default initialisation of every layer (``reset_parameters``, BatchNorm running
+    statistics included): the ``initialise`` of families whose reference sets no init of its own."""
+    for m in module.modules():
+        if hasattr(m, "reset_parameters"):
+            m.reset_parameters()
+    return module
+
+
 def _tv_models():
     """``torchvision.models``, imported on first use: it takes seconds to import, and neither
     ``import softlabels.losses`` nor a run on a non-torchvision backbone should pay for it."""

@@ -124,7 +124,28 @@ def check_depth(depth: int, bottleneck: bool) -> int:
     return (depth - 2) // per_block
 
 
-class CifarResNet(Classifier):
+class ThreeStages:
+    """The split-last-stage protocol (see Classifier) of the CIFAR families built as ``conv1`` →
+    ``bn1`` → ReLU → ``layer1`` … ``layer3`` → global average pooling (CIFAR ResNets, the OLS
+    ResNeXts): trunk = stem + layer1 + layer2, branch = layer3 + head."""
+
+    branch_modules = ("layer3", "head")
+
+    def forward_trunk(self, x: torch.Tensor):
+        """Stage maps of ``layer1`` and ``layer2`` (the last stage's input is the second)."""
+        x = F.relu(self.bn1(self.conv1(x)))
+        s1 = self.layer1(x)
+        return [s1, self.layer2(s1)]
+
+    def forward_last(self, h: torch.Tensor, modules=None):
+        """(``layer3`` map, global-average-pooled embedding) from the ``layer2`` map, with this
+        model's ``layer3`` or ``modules["layer3"]``."""
+        layer3 = self.layer3 if modules is None else modules["layer3"]
+        s3 = layer3(h)
+        return s3, torch.flatten(F.adaptive_avg_pool2d(s3, 1), 1)
+
+
+class CifarResNet(ThreeStages, Classifier):
     """He et al. 2016 CIFAR ResNet of depth 6n + 2 (basic blocks) or 9n + 2 (bottlenecks)."""
 
     def __init__(self, depth: int, num_classes: int, in_channels: int = 3, shortcut: str = "B",
@@ -158,22 +179,6 @@ class CifarResNet(Classifier):
             elif isinstance(m, nn.BatchNorm2d):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
-
-    # split-last-stage protocol (see Classifier): trunk = stem + layer1 + layer2
-    branch_modules = ("layer3", "head")
-
-    def forward_trunk(self, x: torch.Tensor):
-        """Stage maps of ``layer1`` and ``layer2`` (the last stage's input is the second)."""
-        x = F.relu(self.bn1(self.conv1(x)))
-        s1 = self.layer1(x)
-        return [s1, self.layer2(s1)]
-
-    def forward_last(self, h: torch.Tensor, modules=None):
-        """(``layer3`` map, global-average-pooled embedding) from the ``layer2`` map, with this
-        model's ``layer3`` or ``modules["layer3"]``."""
-        layer3 = self.layer3 if modules is None else modules["layer3"]
-        s3 = layer3(h)
-        return s3, torch.flatten(F.adaptive_avg_pool2d(s3, 1), 1)
 
     @staticmethod
     def initialise(module: nn.Module) -> nn.Module:

@@ -40,7 +40,7 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..registry import MODELS
-from .base import Classifier
+from .base import Classifier, reset_initialise
 
 FOUR_BLOCK_DEPTHS = {121: (6, 12, 24, 16), 161: (6, 12, 36, 24), 169: (6, 12, 32, 32),
                      201: (6, 12, 48, 32), 264: (6, 12, 64, 48)}
@@ -135,14 +135,7 @@ class DenseNetBC(Classifier):
         x = F.relu(get("bn")(x))
         return x, torch.flatten(F.adaptive_avg_pool2d(x, 1), 1)
 
-    @staticmethod
-    def initialise(module: nn.Module) -> nn.Module:
-        """PyTorch's default initialisation (as the reference): every layer's
-        ``reset_parameters``, BatchNorm running statistics included."""
-        for m in module.modules():
-            if hasattr(m, "reset_parameters"):
-                m.reset_parameters()
-        return module
+    initialise = staticmethod(reset_initialise)  # PyTorch's defaults, as the reference
 
 
 @MODELS.register("densenet_bc", "DenseNet-BC for 32x32 as CS-KD defines it (their densenet3): 3x3 stem, "

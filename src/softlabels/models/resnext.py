@@ -25,7 +25,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..registry import MODELS
-from .base import Classifier
+from .base import Classifier, reset_initialise
+from .cifar_resnet import ThreeStages
 
 
 class ResNeXtBlock(nn.Module):
@@ -54,7 +55,7 @@ class ResNeXtBlock(nn.Module):
         return F.relu(out + self.shortcut(x))
 
 
-class CifarResNeXt(Classifier):
+class CifarResNeXt(ThreeStages, Classifier):
     def __init__(self, cardinality: int, width: int, num_classes: int, in_channels: int = 3,
                  blocks: Sequence[int] = (3, 3, 3)):
         super().__init__()
@@ -74,30 +75,8 @@ class CifarResNeXt(Classifier):
         self.embedding_dim = channels[-1]
         self.head = nn.Linear(self.embedding_dim, num_classes)
 
-    # split-last-stage protocol (see Classifier): trunk = stem + layer1 + layer2
-    branch_modules = ("layer3", "head")
-
-    def forward_trunk(self, x: torch.Tensor):
-        """Stage maps of ``layer1`` and ``layer2`` (the last stage's input is the second)."""
-        x = F.relu(self.bn1(self.conv1(x)))
-        s1 = self.layer1(x)
-        return [s1, self.layer2(s1)]
-
-    def forward_last(self, h: torch.Tensor, modules=None):
-        """(``layer3`` map, global-average-pooled embedding) from the ``layer2`` map, with this
-        model's ``layer3`` or ``modules["layer3"]``."""
-        layer3 = self.layer3 if modules is None else modules["layer3"]
-        s3 = layer3(h)
-        return s3, torch.flatten(F.adaptive_avg_pool2d(s3, 1), 1)
-
-    @staticmethod
-    def initialise(module: nn.Module) -> nn.Module:
-        """PyTorch's default initialisation (as the reference): every layer's
-        ``reset_parameters``, BatchNorm running statistics included."""
-        for m in module.modules():
-            if hasattr(m, "reset_parameters"):
-                m.reset_parameters()
-        return module
+    # split-last-stage protocol: ThreeStages (trunk = stem + layer1 + layer2)
+    initialise = staticmethod(reset_initialise)  # PyTorch's defaults, as the reference
 
 
 @MODELS.register("resnext29_2x64d", "CIFAR ResNeXt-29 2x64d (OLS Table II; OLS authors' code): 1x1 stem, "
