@@ -58,3 +58,18 @@ def test_progress_postfix_names_what_a_user_looks_for():
     assert shown == {"epoch": "3/10", "loss": "0.457", "val_err": "12.50%", "lr": "0.05", "img/s": "1234"}
     no_val = progress_postfix({"epoch": 1, "test": {"top1_error": 9.0}}, None, None, 0.1, 1, 2)
     assert no_val == {"epoch": "1/2", "test_err": "9.00%", "lr": "0.1"}
+
+
+def test_terminal_bar_only_on_a_terminal(monkeypatch):
+    """eval's and bench's loops draw a bar (count, time left, img/s) only when stderr is a
+    terminal, so logs and captured output stay clean."""
+    import sys
+
+    from softlabels.progress import LazyBar, terminal_bar
+
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: False, raising=False)
+    assert terminal_bar("eval test", 5) is None
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)
+    bar = terminal_bar("eval test", 5)
+    assert isinstance(bar, LazyBar) and bar.total == 5 and not bar.started
+    bar.close()

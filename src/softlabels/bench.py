@@ -102,8 +102,11 @@ def interleaved(loops: Dict[str, Callable[[], int]], rounds: int, clock: Callabl
                 device="cpu") -> Dict[str, List[float]]:
     """Images per second (per clock second) of each loop, one value per round. A loop is a
     callable running one timed block and returning the number of images it processed."""
+    from .progress import terminal_bar
+
     names = list(loops)
     out: Dict[str, List[float]] = {k: [] for k in names}
+    bar = terminal_bar("bench", rounds * len(names))
     for r in range(rounds):
         for name in names[r % len(names):] + names[:r % len(names)]:
             _sync(device)
@@ -111,6 +114,11 @@ def interleaved(loops: Dict[str, Callable[[], int]], rounds: int, clock: Callabl
             n = loops[name]()
             _sync(device)
             out[name].append(n / max(clock() - t0, 1e-9))
+            if bar is not None:  # outside the timed block
+                bar.update(1)
+                bar.set_postfix({"round": f"{r + 1}/{rounds}", "block": name, "img/s": f"{out[name][-1]:.0f}"})
+    if bar is not None:
+        bar.close()
     return out
 
 

@@ -75,3 +75,12 @@ class LazyBar:
 def progress_bar(enabled: bool, desc: Optional[str] = None) -> Optional[LazyBar]:
     """The bar for a training command, or ``None`` when ``enabled`` is false."""
     return LazyBar(desc) if enabled else None
+
+
+def terminal_bar(desc: str, total: Optional[int]) -> Optional[LazyBar]:
+    """A bar for a loop outside training (``eval``'s pass over a split, ``bench``'s timed
+    blocks), drawn only when stderr is a terminal, so logs and captured output stay clean."""
+    bar = progress_bar(sys.stderr.isatty(), desc)
+    if bar is not None:
+        bar.total = total
+    return bar

@@ -327,7 +327,12 @@ def split_outputs(model, data, data_cfg, split: str, device, seed: int = 0, wher
         raise ConfigError(f"{where or data_cfg.name}: no validation split")
     _, val, test = build_loaders(data, data_cfg, device=device, seed=seed, rank=0, world=1, channels_last=False)
     loader = val if split == "val" else test
+    import time
+
+    from ..progress import terminal_bar
+
     logits, labels, emb = [], [], []
+    bar, t0, seen = terminal_bar(f"eval {split}", len(loader)), time.monotonic(), 0
     with torch.inference_mode():
         for batch in loader:
             out = model(batch.x)
@@ -336,6 +341,12 @@ def split_outputs(model, data, data_cfg, split: str, device, seed: int = 0, wher
             logits.append(out.logits.float().cpu())
             emb.append(out.embedding.float().cpu())
             labels.append(batch.y.cpu())
+            if bar is not None:
+                seen += len(batch.y)
+                bar.update(1)
+                bar.set_postfix({"img/s": f"{seen / max(time.monotonic() - t0, 1e-9):.0f}"})
+    if bar is not None:
+        bar.close()
     return {"loader": loader, "logits": torch.cat(logits), "labels": torch.cat(labels), "embeddings": torch.cat(emb)}
 
 
