@@ -43,7 +43,7 @@ def test_bad_optimiser_or_schedule_is_one_line(override, fragment):
         _cfg(override)
 
 
-@pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step()`")
+@pytest.mark.filterwarnings("ignore:Detected call of .lr_scheduler.step")
 def test_torch_scheduler_by_name_steps_and_resumes():
     cfg = _cfg("schedule.name=OneCycleLR", "train.epochs=2")
     t = Trainer(cfg, None)
@@ -61,7 +61,7 @@ def test_torch_scheduler_by_name_steps_and_resumes():
     assert fresh.schedule.lr() == pytest.approx(t.schedule.lr())
 
 
-@pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step()`")
+@pytest.mark.filterwarnings("ignore:Detected call of .lr_scheduler.step")
 def test_epoch_interval_scheduler_moves_only_at_epoch_ends():
     t = Trainer(_cfg("schedule.name=ExponentialLR", "schedule.options.gamma=0.5", "schedule.interval=epoch"), None)
     base = t.schedule.lr()
