@@ -463,3 +463,34 @@ def test_a_row_with_an_unregistered_method_fails_alone(tmp_path, capsys):
     assert "LS · d · seed 0: FAILED: s.yaml: rows[1] (LS) × column d: unknown method 'telepathy'" in err
     status = json.loads((out / "status.json").read_text())
     assert status["ce/d/seed0"]["status"] == "done" and status["ls/d/seed0"]["status"] == "failed"
+
+
+def test_output_metrics_from_the_test_features_and_softmax(tmp_path, capsys):
+    """R@1 (CS-KD Table 6), intra/inter-class distances (JGL Table III) and the quartiles of the
+    true-class probability (JGL Fig. 4) come from the reported checkpoint's test outputs."""
+    from softlabels.evaluate.analyze import split_outputs
+    from softlabels.evaluate.features import class_distances, recall_at_k
+    from softlabels.evaluate.run import load_run_model
+
+    metrics = ["top1_error", "recall_at_1", "intra_variance", "inter_distance", "true_class_prob_q1",
+               "true_class_prob_median", "true_class_prob_q3"]
+    study = {"title": "output metrics", "paper": "none", "source": "test", "metrics": metrics, "seeds": 1,
+             "base": digits_base(), "columns": {"d": {"label": "digits"}},
+             "rows": [{"label": "CE", "method": "ce"}]}
+    path = write_study(tmp_path, study, "outm")
+    out = tmp_path / "out"
+    assert main(["study", str(path), "--out", str(out), "--dry-run", "--throughput", "1000"]) == 0
+    assert "cannot produce" not in capsys.readouterr().out
+    assert main(["study", str(path), "--out", str(out), "--no-progress"]) == 0
+    cells = {c["metric"]: c for c in json.loads((out / "table.json").read_text())["cells"]}
+    run = out / "ce" / "d" / "seed0"
+    cfg, data, model, dev, _ = load_run_model(run, "last", "cpu")
+    got = split_outputs(model, data, cfg.data, "test", dev)
+    emb, y = got["embeddings"], got["labels"]
+    assert cells["recall_at_1"]["mean"] == pytest.approx(recall_at_k(emb, y, (1,))["recall@1"])
+    dist = class_distances(emb, y)
+    assert cells["intra_variance"]["mean"] == pytest.approx(dist["intra_variance"])
+    assert cells["inter_distance"]["mean"] == pytest.approx(dist["inter_distance"])
+    q1, med, q3 = (cells[f"true_class_prob_{q}"]["mean"] for q in ("q1", "median", "q3"))
+    assert 0.0 <= q1 <= med <= q3 <= 1.0
+    assert "last" in json.loads((run / "study_metrics.json").read_text())   # computed once, cached

@@ -58,7 +58,14 @@ DERIVED_INFO = {
     "train_params_m": ("train params (M)", True), "train_flops_g": ("train FLOPs (G)", True),
     "train_top1_error": ("train top-1 err (%)", True),
     "samples_fixed": ("fixed vs ref.", False), "net_fixed": ("net fixed vs ref.", False),
+    # from the test split's penultimate features and softmax, computed once per run (_output_metrics)
+    "recall_at_1": ("R@1 (%)", False), "intra_variance": ("intra-class var.", True),
+    "inter_distance": ("inter-class dist.", False), "true_class_prob_median": ("p(true) median", False),
+    "true_class_prob_q1": ("p(true) Q1", False), "true_class_prob_q3": ("p(true) Q3", False),
 }
+#: metrics of the model's outputs on the test split (cached in RUN_DIR/study_metrics.json)
+OUTPUT_METRICS = ("recall_at_1", "intra_variance", "inter_distance", "true_class_prob_median",
+                  "true_class_prob_q1", "true_class_prob_q3")
 DERIVED = tuple(DERIVED_INFO)
 KNOWN_METRICS = TEST_METRICS + DERIVED
 # metrics counted against the compare_to row's run of the same column and seed
@@ -1358,6 +1365,36 @@ def _fixed_vs(plan: Plan, rid: str, ref_id: str, which: str, metric: str) -> Opt
     return float(fixed if metric == "samples_fixed" else fixed - broken)
 
 
+def _output_metrics(spec: RunSpec, which: str) -> Dict[str, float]:
+    """Metrics of the reported checkpoint's outputs on the test split, computed once and cached
+    in ``RUN_DIR/study_metrics.json`` (keyed by checkpoint): ``recall_at_1`` (CS-KD Table 6: the
+    percentage of test samples whose nearest other test sample in penultimate-feature space has
+    their class, evaluate.features.recall_at_k), ``intra_variance`` / ``inter_distance`` (JGL
+    Table III, evaluate.features.class_distances) and the quartiles of the softmax probability of
+    the true class (JGL Fig. 4's box plots)."""
+    import torch
+
+    from .engine.checkpoint import atomic_write_text
+    from .evaluate.analyze import split_outputs
+    from .evaluate.features import class_distances, recall_at_k
+    from .evaluate.run import load_run_model
+
+    cache = spec.run_dir / "study_metrics.json"
+    got = _read_json(cache) or {}
+    if which not in got:
+        cfg, data, model, dev, _ = load_run_model(spec.run_dir, which, "cpu")
+        out = split_outputs(model, data, cfg.data, "test", dev, where=str(spec.run_dir))
+        emb, y, z = out["embeddings"], out["labels"], out["logits"]
+        p_true = torch.softmax(z.double(), dim=1).gather(1, y[:, None]).squeeze(1)
+        q1, med, q3 = torch.quantile(p_true, torch.tensor([0.25, 0.5, 0.75], dtype=torch.float64)).tolist()
+        dist = class_distances(emb, y)
+        got[which] = {"recall_at_1": recall_at_k(emb, y, (1,))["recall@1"],
+                      "intra_variance": float(dist["intra_variance"]), "inter_distance": float(dist["inter_distance"]),
+                      "true_class_prob_median": med, "true_class_prob_q1": q1, "true_class_prob_q3": q3}
+        atomic_write_text(cache, json.dumps(got))
+    return got[which]
+
+
 def _train_metric(spec: RunSpec, which: str, result: dict) -> Optional[float]:
     """``train_top1_error``: the training-set top-1 error (on the augmented batches of that
     epoch, labels as trained on) of the reported epoch, from ``metrics.jsonl``."""
@@ -1425,6 +1462,9 @@ def build_table(plan: Plan) -> Table:
                         cell.values[m].append(_fixed_vs(plan, rid, ref_id, which, m) if ref_id else None)
                     elif m == "train_top1_error" and spec.kind == "train":
                         cell.values[m].append(_train_metric(spec, which, res))
+                    elif m in OUTPUT_METRICS and spec.kind == "train":
+                        v = _output_metrics(spec, which).get(m)
+                        cell.values[m].append(float(v) if _is_num(v) else None)
                     else:
                         cell.values[m].append(metric_of(res, which, m))
             cells[(line.key, col)] = cell
