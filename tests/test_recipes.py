@@ -30,3 +30,21 @@ def test_there_are_recipes_for_every_seed_paper():
     names = " ".join(p.name for p in RECIPES)
     for key in ("ols", "cskd", "focusnet", "jgl", "orthogonal"):
         assert key in names
+
+
+def test_recipes_ship_in_the_package_and_resolve_by_name(tmp_path):
+    """The recipes live inside the package (recipes/ is a link to them) and `--config NAME` or
+    `pipeline NAME` finds a packaged one after a plain pip install; a path still wins."""
+    from softlabels.config import RECIPES_DIR, build_config, resolve_recipe
+
+    assert (RECIPES_DIR / "ols-cifar100.yaml").is_file()
+    assert {p.name for p in RECIPES} == {p.name for p in RECIPES_DIR.glob("*.yaml")}
+    assert resolve_recipe("ols-cifar100") == str(RECIPES_DIR / "ols-cifar100.yaml")
+    assert resolve_recipe("pipeline-digits-glr_cd.yaml") == str(RECIPES_DIR / "pipeline-digits-glr_cd.yaml")
+    assert build_config("ols-cifar100").data.name == "cifar100"
+    own = tmp_path / "ols-cifar100.yaml"
+    own.write_text("method: {name: ls}\n")
+    assert resolve_recipe(str(own)) == str(own)
+    assert resolve_recipe("no-such-recipe") == "no-such-recipe"
+    pyproject = (Path(__file__).resolve().parents[1] / "pyproject.toml").read_text()
+    assert '"recipes/*.yaml"' in pyproject

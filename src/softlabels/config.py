@@ -458,12 +458,28 @@ def load_yaml(path: str, what: str = "config file") -> dict:
     return data
 
 
+RECIPES_DIR = Path(__file__).resolve().parent / "recipes"
+
+
+def resolve_recipe(path: str) -> str:
+    """``path`` itself when it is a file; else, for a bare name such as ``ols-cifar100``, the
+    packaged recipe of that name (``softlabels/recipes/<name>.yaml``, shipped in the wheel); else
+    ``path`` unchanged (``load_yaml`` then says it is not found)."""
+    p = Path(path)
+    if p.exists() or "/" in str(path):
+        return str(path)
+    name = p.name if p.suffix == ".yaml" else f"{p.name}.yaml"
+    packaged = RECIPES_DIR / name
+    return str(packaged) if packaged.is_file() else str(path)
+
+
 def build_config(path: Optional[str] = None, overrides: Optional[List[str]] = None,
                  base: Optional[dict] = None) -> RunConfig:
-    """YAML file (if any) → dotted overrides → validated RunConfig."""
+    """YAML file (if any; a file path or the name of a packaged recipe) → dotted overrides →
+    validated RunConfig."""
     data = _deepcopy(base or {})
     if path:
-        data = _merge(data, load_yaml(path))
+        data = _merge(data, load_yaml(resolve_recipe(path)))
     data = apply_overrides(data, overrides or [])
     cfg = config_from_dict(data)
     validate_registered(cfg)

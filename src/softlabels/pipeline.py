@@ -165,6 +165,9 @@ def run_pipeline(path: str, out: Path, seeds: List[int], extra_overrides: List[s
     from .engine.runs import RunDir, RunState, progress_bar
     from .engine.runtime import setup_runtime
 
+    from .config import resolve_recipe
+
+    path = resolve_recipe(path)  # a file, or the name of a packaged pipeline recipe
     base, stages = parse_pipeline(load_yaml(path, what="pipeline file"), where=Path(path).name)
     # validate every stage's config before training anything
     plans = {s.name: stage_config(base, s, seeds[0], list(extra_overrides)) for s in stages if s.ensemble is None}
