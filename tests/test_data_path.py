@@ -161,6 +161,23 @@ def test_trainer_builds_the_cache_and_reads_it(tmp_path, monkeypatch):
         build_loaders_for(root, "data.options.train_crop=center")
 
 
+def test_fit_stops_the_loaders_worker_processes(tmp_path, monkeypatch):
+    from softlabels.engine.trainer import Trainer
+
+    monkeypatch.setenv("SOFTLABELS_CACHE", str(tmp_path / "cache"))
+    root = make_tree(tmp_path / "tree", n_train=3)
+    cfg = build_config(None, [
+        "data.name=imagefolder", f"data.root={root}", "data.options.image_size=16", "data.options.resize=18",
+        "data.batch_size=4", "data.val_fraction=0", "data.workers=1", "model.name=resnet8", "method.name=ce",
+        "train.epochs=1", "train.threads=1", "train.device=cpu"])
+    trainer = Trainer(cfg, None, progress=None)
+    assert trainer.train_loader.workers == 1
+    seen = []
+    trainer.callbacks.append(lambda tr, record: seen.extend(tr.train_loader._loader._iterator._workers))
+    trainer.fit()
+    assert seen and not any(w.is_alive() for w in seen)  # closed at the end of fit, not left to the GC
+
+
 def build_loaders_for(root, *extra):
     cfg = build_config(None, ["data.name=imagefolder", f"data.root={root}", *extra])
     return prepare_data(cfg.data)

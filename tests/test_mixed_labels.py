@@ -242,3 +242,30 @@ def test_one_engine_step_on_cpu(name, extra):
     terms = tr.train_step(batch)
     assert terms and all(torch.isfinite(v) for v in terms.values())
     assert "mix_lambda" in batch.extra
+
+
+def test_training_accuracy_of_a_mixed_batch_is_lambda_weighted():
+    """The epoch's train top-1 error counts a mixed sample λ·[pred = y] + (1−λ)·[pred = y[π]]
+    (not [pred = y] alone, which would call a correct guess of the pasted label wrong)."""
+    cfg = build_config(None, ["data.name=synthetic", "data.options.num_classes=3", "data.options.image_size=4",
+                              "data.options.channels=2", "data.options.train_size=8", "data.options.test_size=4",
+                              "model.name=resnet8", "method.name=cutmix", "data.batch_size=4", "train.epochs=1",
+                              "data.val_fraction=0"])
+    tr = Trainer(cfg)
+    tr._reset_accumulators()
+    batch = _batch()
+    record_mix(batch, 0.3, torch.tensor(PERM))
+    # predictions: sample 0 → y[π]₀ = 1 (pasted label), 1 → y₁ = 2 (own label), 2 → 0 (neither)
+    logits = torch.tensor([[0.0, 5.0, 0.0], [0.0, 0.0, 5.0], [5.0, 0.0, 0.0]])
+    out = ModelOutput(logits, logits, None)
+    loss = torch.zeros(())
+    tr._accumulate(out, batch, {"ce": loss}, loss)
+    tr._term_names = ["loss", "ce"]
+    stats = tr._train_stats()
+    correct = 0.7 + 0.3 + 0.0          # (1−λ) for sample 0, λ for sample 1
+    assert stats["top1_error"] == pytest.approx(100.0 * (1 - correct / 3))
+    # unmixed: plain [pred = y]
+    tr._reset_accumulators()
+    plain = _batch()
+    tr._accumulate(out, plain, {"ce": loss}, loss)
+    assert tr._train_stats()["top1_error"] == pytest.approx(100.0 * (1 - 1 / 3))

@@ -238,6 +238,10 @@ class PlannedLoader:
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
 
+    def close(self) -> None:
+        """Release what the loader holds beyond its tensors (worker processes); nothing for an
+        in-memory loader. Iterating again afterwards still works."""
+
     def steps(self, epoch: int) -> List[Step]:
         return self._plan.steps(epoch)
 

@@ -24,6 +24,7 @@ from ..data.prepare import PreparedData, build_loaders, prepare_data
 from ..errors import CheckpointError, ConfigError, SoftlabelsError
 from ..evaluate.metrics import classification_metrics
 from ..methods.base import build_objective
+from ..methods.functional import label_terms
 from ..models import build_model
 from ..models.complexity import input_shape_of, model_complexity
 from . import checkpoint as ckpt
@@ -259,7 +260,8 @@ class Trainer:
             else:
                 self._term_sums += vals
             pred = out.logits.detach().argmax(dim=1)
-            self._correct += (pred == batch.y).sum()
+            # a mixed batch (mixup, cutmix) counts λ·[pred = y] + (1−λ)·[pred = y[π]]
+            self._correct += label_terms(lambda y: (pred == y).sum().float(), batch)
             self._seen += n
             if self._noisy_mask is not None:
                 m = self._noisy_mask[batch.index]
@@ -396,10 +398,19 @@ class Trainer:
                 break
         if log is not None:
             log.close()
+        self.close_loaders()
         final = self._final(time.time() - t_start)
         if self.run_dir is not None and self.rt.is_main:
             ckpt.atomic_write_text(self.run_dir / "final.json", json.dumps(final, indent=1))
         return final
+
+    def close_loaders(self) -> None:
+        """Stop the file loaders' worker processes once training is over (evaluating again
+        afterwards starts new ones)."""
+        for loader in (self.train_loader, self.val_loader, self.test_loader):
+            close = getattr(loader, "close", None)
+            if close is not None:
+                close()
 
     def _show_progress(self, record, epoch: int, lr: float, t0: float, epoch_done: bool = False) -> None:
         from .runlog import progress_postfix
