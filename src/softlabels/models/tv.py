@@ -44,7 +44,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..registry import MODELS
-from .base import Classifier, ModelOutput, _tv_models
+from .base import Classifier, ModelOutput, _tv_models, register_variant
 
 
 class FeaturesClassifier(Classifier):
@@ -135,7 +135,16 @@ def _new_conv(old: nn.Conv2d, in_channels: int, fan_mode: str = "fan_out", **ove
 _DENSENET_ENDS = ("denseblock1", "denseblock2", "denseblock3", "norm5")
 
 
-def _densenet(arch, num_classes, in_channels, stem, drop_rate, memory_efficient):
+def _densenet(
+    num_classes: int,
+    in_channels: int = 3,
+    stem: Literal["imagenet", "cifar"] = "imagenet",
+    drop_rate: float = 0.0,
+    memory_efficient: bool = False,
+    *,
+    arch: str,
+) -> FeaturesClassifier:
+    """torchvision's DenseNet ``arch``; the options of every registered DenseNet."""
     if stem not in ("imagenet", "cifar"):
         raise ValueError(f"stem must be 'imagenet' or 'cifar', got {stem!r}")
     net = getattr(_tv_models(), arch)(
@@ -155,30 +164,14 @@ def _densenet(arch, num_classes, in_channels, stem, drop_rate, memory_efficient)
 
 
 _DENSE_STEM = "stem 'imagenet' or 'cifar' (3×3/1 conv0, no pool0)"
+_DENSE_DOC = "drop_rate: torchvision's dropout after each dense layer; memory_efficient: checkpointing."
 
-
-@MODELS.register("densenet121", f"DenseNet-121 (Huang et al. 2017, torchvision), 4 stages, {_DENSE_STEM}")
-def densenet121(
-    num_classes: int,
-    in_channels: int = 3,
-    stem: Literal["imagenet", "cifar"] = "imagenet",
-    drop_rate: float = 0.0,
-    memory_efficient: bool = False,
-) -> FeaturesClassifier:
-    """drop_rate: torchvision's dropout after each dense layer; memory_efficient: checkpointing."""
-    return _densenet("densenet121", num_classes, in_channels, stem, drop_rate, memory_efficient)
-
-
-@MODELS.register("densenet161", f"DenseNet-161 (Huang et al. 2017, torchvision), 4 stages, {_DENSE_STEM}")
-def densenet161(
-    num_classes: int,
-    in_channels: int = 3,
-    stem: Literal["imagenet", "cifar"] = "imagenet",
-    drop_rate: float = 0.0,
-    memory_efficient: bool = False,
-) -> FeaturesClassifier:
-    """drop_rate: torchvision's dropout after each dense layer; memory_efficient: checkpointing."""
-    return _densenet("densenet161", num_classes, in_channels, stem, drop_rate, memory_efficient)
+densenet121 = register_variant(
+    "densenet121", f"DenseNet-121 (Huang et al. 2017, torchvision), 4 stages, {_DENSE_STEM}",
+    _densenet, _DENSE_DOC, arch="densenet121")
+densenet161 = register_variant(
+    "densenet161", f"DenseNet-161 (Huang et al. 2017, torchvision), 4 stages, {_DENSE_STEM}",
+    _densenet, _DENSE_DOC, arch="densenet161")
 
 
 # ------------------------------------------------------------------------------ MobileNetV2
@@ -220,7 +213,16 @@ def mobilenet_v2(
 _EFFICIENTNET_ENDS = (1, 2, 3, 5, 8)
 
 
-def _efficientnet(arch, num_classes, in_channels, stem, dropout, stochastic_depth):
+def _efficientnet(
+    num_classes: int,
+    in_channels: int = 3,
+    stem: Literal["imagenet", "cifar"] = "imagenet",
+    dropout: float = 0.2,
+    stochastic_depth: float = 0.2,
+    *,
+    arch: str,
+) -> FeaturesClassifier:
+    """torchvision's EfficientNet ``arch``; the options of every registered EfficientNet."""
     if stem not in ("imagenet", "cifar"):
         raise ValueError(f"stem must be 'imagenet' or 'cifar', got {stem!r}")
     net = getattr(_tv_models(), arch)(
@@ -240,48 +242,14 @@ def _efficientnet(arch, num_classes, in_channels, stem, dropout, stochastic_dept
 
 _EFF = "(Tan & Le 2019, torchvision), 5 stages; stem 'cifar' = stride 1 in the first conv and the first 24-ch block"
 
-
-@MODELS.register("efficientnet_b0", f"EfficientNet-B0 {_EFF}")
-def efficientnet_b0(
-    num_classes: int,
-    in_channels: int = 3,
-    stem: Literal["imagenet", "cifar"] = "imagenet",
-    dropout: float = 0.2,
-    stochastic_depth: float = 0.2,
-) -> FeaturesClassifier:
-    return _efficientnet("efficientnet_b0", num_classes, in_channels, stem, dropout, stochastic_depth)
-
-
-@MODELS.register("efficientnet_b1", f"EfficientNet-B1 {_EFF}")
-def efficientnet_b1(
-    num_classes: int,
-    in_channels: int = 3,
-    stem: Literal["imagenet", "cifar"] = "imagenet",
-    dropout: float = 0.2,
-    stochastic_depth: float = 0.2,
-) -> FeaturesClassifier:
-    return _efficientnet("efficientnet_b1", num_classes, in_channels, stem, dropout, stochastic_depth)
-
-
-@MODELS.register("efficientnet_b2", f"EfficientNet-B2 {_EFF}")
-def efficientnet_b2(
-    num_classes: int,
-    in_channels: int = 3,
-    stem: Literal["imagenet", "cifar"] = "imagenet",
-    dropout: float = 0.3,
-    stochastic_depth: float = 0.2,
-) -> FeaturesClassifier:
-    return _efficientnet("efficientnet_b2", num_classes, in_channels, stem, dropout, stochastic_depth)
-
-
-@MODELS.register("efficientnet_b7", f"EfficientNet-B7 (OLS Table VI) {_EFF}")
-def efficientnet_b7(
-    num_classes: int,
-    in_channels: int = 3,
-    stem: Literal["imagenet", "cifar"] = "imagenet",
-    dropout: float = 0.5,
-    stochastic_depth: float = 0.2,
-) -> FeaturesClassifier:
-    """torchvision's B7 defaults (dropout 0.5); 66,347,960 parameters for 1000 classes (the
-    number torchvision documents for its ImageNet weights); 600×600 is its native input size."""
-    return _efficientnet("efficientnet_b7", num_classes, in_channels, stem, dropout, stochastic_depth)
+efficientnet_b0 = register_variant("efficientnet_b0", f"EfficientNet-B0 {_EFF}", _efficientnet,
+                                   arch="efficientnet_b0", dropout=0.2)
+efficientnet_b1 = register_variant("efficientnet_b1", f"EfficientNet-B1 {_EFF}", _efficientnet,
+                                   arch="efficientnet_b1", dropout=0.2)
+efficientnet_b2 = register_variant("efficientnet_b2", f"EfficientNet-B2 {_EFF}", _efficientnet,
+                                   arch="efficientnet_b2", dropout=0.3)
+efficientnet_b7 = register_variant(
+    "efficientnet_b7", f"EfficientNet-B7 (OLS Table VI) {_EFF}", _efficientnet,
+    "torchvision's B7 defaults (dropout 0.5); 66,347,960 parameters for 1000 classes (the\n"
+    "number torchvision documents for its ImageNet weights); 600×600 is its native input size.",
+    arch="efficientnet_b7", dropout=0.5)
