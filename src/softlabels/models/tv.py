@@ -174,7 +174,24 @@ densenet161 = register_variant(
     _densenet, _DENSE_DOC, arch="densenet161")
 
 
-# ------------------------------------------------------------------------------ MobileNetV2
+# ------------------------------------------------------------------- MobileNetV2, EfficientNet
+
+
+def _strided_stem_classifier(net: nn.Module, ends: Sequence[int], num_classes: int, in_channels: int,
+                             stem: str, dropout: float, second_conv) -> FeaturesClassifier:
+    """The FeaturesClassifier of a torchvision MobileNetV2/EfficientNet ``net`` (head: its
+    ``classifier[1]``): a fresh first convolution for ``in_channels != 3``; ``stem="cifar"``:
+    stride 1 in the first convolution and in ``second_conv(features)`` (the depthwise conv of
+    the first 24-channel block)."""
+    feats = net.features
+    first = feats[0][0]
+    if in_channels != 3:
+        first = feats[0][0] = _new_conv(first, in_channels)
+    if stem == "cifar":
+        first.stride = (1, 1)
+        second_conv(feats).stride = (1, 1)
+    return FeaturesClassifier(feats, ends, num_classes, in_channels, dropout=dropout, head=net.classifier[1])
+
 
 _MOBILENET_ENDS = (1, 3, 6, 13, 18)
 
@@ -196,19 +213,9 @@ def mobilenet_v2(
     net = _tv_models().mobilenet_v2(
         weights=None, num_classes=num_classes, width_mult=width_mult, dropout=dropout
     )
-    feats = net.features
-    first = feats[0][0]
-    if in_channels != 3:
-        first = feats[0][0] = _new_conv(first, in_channels)
-    if stem == "cifar":
-        first.stride = (1, 1)
-        feats[2].conv[1][0].stride = (1, 1)
-    return FeaturesClassifier(
-        feats, _MOBILENET_ENDS, num_classes, in_channels, dropout=dropout, head=net.classifier[1]
-    )
+    return _strided_stem_classifier(net, _MOBILENET_ENDS, num_classes, in_channels, stem, dropout,
+                                    lambda feats: feats[2].conv[1][0])
 
-
-# ----------------------------------------------------------------------------- EfficientNet
 
 _EFFICIENTNET_ENDS = (1, 2, 3, 5, 8)
 
@@ -228,16 +235,8 @@ def _efficientnet(
     net = getattr(_tv_models(), arch)(
         weights=None, num_classes=num_classes, dropout=dropout, stochastic_depth_prob=stochastic_depth
     )
-    feats = net.features
-    first = feats[0][0]
-    if in_channels != 3:
-        first = feats[0][0] = _new_conv(first, in_channels)
-    if stem == "cifar":
-        first.stride = (1, 1)
-        feats[2][0].block[1][0].stride = (1, 1)
-    return FeaturesClassifier(
-        feats, _EFFICIENTNET_ENDS, num_classes, in_channels, dropout=dropout, head=net.classifier[1]
-    )
+    return _strided_stem_classifier(net, _EFFICIENTNET_ENDS, num_classes, in_channels, stem, dropout,
+                                    lambda feats: feats[2][0].block[1][0])
 
 
 _EFF = "(Tan & Le 2019, torchvision), 5 stages; stem 'cifar' = stride 1 in the first conv and the first 24-ch block"
