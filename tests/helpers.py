@@ -3,8 +3,37 @@ sys.path)."""
 from __future__ import annotations
 
 import pytest
+import torch
 
 from softlabels.errors import ConfigError, DataError
+
+
+class FakeBatch:
+    """A stand-in batch with labels only (``y``, a tensor), for calling a method's loss or hooks
+    by hand."""
+
+    def __init__(self, y):
+        self.y = torch.as_tensor(y)
+
+
+class FakeOutput:
+    """A stand-in model output with ``logits`` and ``embedding``."""
+
+    def __init__(self, logits, embedding=None):
+        self.logits, self.embedding = logits, embedding
+
+
+def assert_reloaded_like_trained(trainer, model, n: int = 16):
+    """``model`` (reloaded from the trainer's run) gives bit-identical logits to the trainer's
+    model on the first ``n`` test images, in the same memory format (so the same kernels);
+    returns those images."""
+    x = trainer.data.test.images[:n].float()
+    if trainer.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    trainer.model.eval()
+    with torch.no_grad():
+        assert torch.equal(model(x).logits, trainer.model(x).logits)
+    return x
 
 
 def expect_one_line(error: type, fn, *needles) -> str:

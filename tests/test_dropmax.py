@@ -21,18 +21,9 @@ from softlabels.methods.dropmax import (DropMax, DropMaxHead, dropmax_aux, dropm
                                         dropmax_loss, dropmax_neg_entropy, dropmax_posterior_logits,
                                         sample_retain_mask)
 from softlabels.registry import METHODS
+from helpers import FakeBatch as Batch, FakeOutput as Out, assert_reloaded_like_trained
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-class Batch:
-    def __init__(self, y):
-        self.y = torch.as_tensor(y)
-
-
-class Out:
-    def __init__(self, logits, embedding):
-        self.logits, self.embedding = logits, embedding
 
 
 # B = 2, K = 3: class logits o, retain logits a_rho, posterior-branch logits a_r, labels
@@ -316,12 +307,8 @@ def test_digits_resnet8_trains_checkpoints_and_reloads(tmp_path):
     # `softlabels eval` path: the reloaded model is the trained one, predictions o + log(ρ + ε)
     model = load_model_from_run(run, "last")
     assert isinstance(model.head, DropMaxHead)
-    x = trainer.data.test.images[:16].float()
-    if trainer.channels_last:  # same memory format, so the same kernels and bit-identical outputs
-        model = model.to(memory_format=torch.channels_last)
-    trainer.model.eval()
+    x = assert_reloaded_like_trained(trainer, model)
     with torch.no_grad():
-        assert torch.equal(model(x).logits, trainer.model(x).logits)
         out = trainer.model(x)
         o, a_rho, _ = trainer.model.head.branches(out.embedding)
         assert torch.allclose(out.logits, o + torch.log(torch.sigmoid(a_rho) + 1e-20), atol=1e-5)

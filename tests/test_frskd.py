@@ -23,14 +23,10 @@ from softlabels.methods.frskd import (FRSKD, SelfTeacher, attention_map, attenti
 from softlabels.methods.kd import kd_kl
 from softlabels.models.base import ModelOutput
 from softlabels.registry import METHODS
+from helpers import FakeBatch as Batch
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-class Batch:
-    def __init__(self, y):
-        self.y = torch.as_tensor(y)
 
 
 def _method(chans=(2, 3), k=4, **options):

@@ -14,19 +14,10 @@ from softlabels.methods.base import build_objective, build_run_model
 from softlabels.methods.heads import (AdaCos, CosineHead, adacos_dynamic_scale,
                                       adacos_initial_scale, cosine_logits, virtual_softmax_logits,
                                       virtual_softmax_loss)
+from helpers import FakeBatch as Batch, FakeOutput as Out, assert_reloaded_like_trained
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-class Batch:
-    def __init__(self, y):
-        self.y = torch.tensor(y)
-
-
-class Out:
-    def __init__(self, logits, embedding):
-        self.logits, self.embedding = logits, embedding
 
 
 def _digits(method, *extra):
@@ -160,12 +151,7 @@ def test_adacos_trains_reloads_and_evaluates(tmp_path):
     model = load_model_from_run(run, "last")
     assert isinstance(model.head, CosineHead)
     assert float(model.head.s) == float(head.s)
-    x = trainer.data.test.images[:16].float()
-    if trainer.channels_last:  # same memory format, so the same kernels and bit-identical outputs
-        model = model.to(memory_format=torch.channels_last)
-    trainer.model.eval()
-    with torch.no_grad():
-        assert torch.equal(model(x).logits, trainer.model(x).logits)
+    assert_reloaded_like_trained(trainer, model)
 
     result = evaluate_run(run)
     assert result["top1_error"] == pytest.approx(final["best"]["test"]["top1_error"], abs=1e-9)

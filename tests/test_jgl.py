@@ -18,6 +18,7 @@ from softlabels.methods.jgl import (ChannelDistillation, GuidedLabelRefinery, Jo
                                     guided_kd_loss, label_refinery_loss, official_cd_weights)
 from softlabels.models.base import ModelOutput
 from softlabels.registry import METHODS
+from helpers import FakeBatch as Batch
 
 
 # ---------------------------------------------------------------------------- math helpers
@@ -48,11 +49,6 @@ def m_cd(student, teacher):  # lists of N × C × H × W nested lists (Eq. 7–9
         sq = sum((a - b) ** 2 for s_i, t_i in zip(s_stage, t_stage) for a, b in zip(m_gap(s_i), m_gap(t_i)))
         total += sq / (n * c)
     return total
-
-
-class Batch:
-    def __init__(self, y):
-        self.y = torch.tensor(y)
 
 
 Z = [[1.0, 2.0, 0.0], [0.5, -1.0, 2.0], [0.0, 0.3, -0.4], [2.0, 2.5, 1.0]]

@@ -3,16 +3,7 @@ import pytest
 import torch
 
 from softlabels.methods.ols import OnlineLabelSmoothing, ols_soft_labels
-
-
-class Out:
-    def __init__(self, logits):
-        self.logits = logits
-
-
-class Batch:
-    def __init__(self, y):
-        self.y = torch.tensor(y)
+from helpers import FakeBatch as Batch, FakeOutput as Out
 
 
 def probs(logits):

@@ -24,6 +24,7 @@ from softlabels.methods.tfkd import (TeacherFreeRegularization, TeacherFreeSelfK
 from softlabels.models import build_model
 from softlabels.models.base import ModelOutput
 from softlabels.registry import METHODS
+from helpers import FakeBatch as Batch
 
 
 # ---------------------------------------------------------------------------- math helpers
@@ -39,11 +40,6 @@ def m_kl(p, q):
 
 def m_ce(row, y):
     return -math.log(m_softmax(row)[y])
-
-
-class Batch:
-    def __init__(self, y):
-        self.y = torch.tensor(y)
 
 
 Z = [[1.0, 2.0, 0.5], [0.0, -1.0, 2.0]]   # student / shallow logits

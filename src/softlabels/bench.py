@@ -237,6 +237,11 @@ def _table(rows: List[dict], unit: str, ratio_name: str = "ratio", extra: Sequen
     return "\n".join(out)
 
 
+def _section(title: str, rows: List[dict], unit: str, ratio_name: str, extra: Sequence[str] = ()) -> List[str]:
+    """A part's lines in the suite's report: a blank line, the ``## title``, its table."""
+    return ["", f"## {title}", _table(rows, unit, ratio_name, extra=extra)]
+
+
 def _fmt(v) -> str:
     if v is None:
         return ""
@@ -705,27 +710,28 @@ def format_suite(res: dict) -> str:
         out += ["", "## engine step vs a bare PyTorch loop", format_bench(res["engine"])]
     if "formats" in res:
         f = res["formats"]
-        out += ["", f"## channels_last vs contiguous, engine step (batch {f['batch_size']}, "
-                    f"{f['image_size']}×{f['image_size']}, CIFAR stems, device {f['device']})",
-                _table(f["rows"], unit, "vs NCHW")]
+        out += _section(f"channels_last vs contiguous, engine step (batch {f['batch_size']}, "
+                        f"{f['image_size']}×{f['image_size']}, CIFAR stems, device {f['device']})",
+                        f["rows"], unit, "vs NCHW")
     if "epoch" in res:
         e = res["epoch"]
-        out += ["", f"## a whole training epoch vs the authors'-shape loop ({e['model']}, {e['images']} "
-                    f"32×32 images, batch {e['batch_size']}, reference with {e['workers']} DataLoader workers, "
-                    f"device {e.get('device')}; target ≥ 1.3×)", _table(e["rows"], unit, "vs authors'")]
+        out += _section(f"a whole training epoch vs the authors'-shape loop ({e['model']}, {e['images']} "
+                        f"32×32 images, batch {e['batch_size']}, reference with {e['workers']} DataLoader "
+                        f"workers, device {e.get('device')}; target ≥ 1.3×)", e["rows"], unit, "vs authors'")
     if "methods" in res:
         m = res["methods"]
         rows = [{**r, "ratio": r["time_ratio"]} for r in m["rows"]]
-        out += ["", f"## step cost per anchor image vs CE ({m['model']}, batch {m['batch_size']}, "
-                    f"{m['image_size']}×{m['image_size']}; target: time ratio ≤ 1.1 × FLOP ratio)",
-                _table(rows, unit + " (anchors)", "time vs CE", extra=("flop_ratio", "excess"))]
+        out += _section(f"step cost per anchor image vs CE ({m['model']}, batch {m['batch_size']}, "
+                        f"{m['image_size']}×{m['image_size']}; target: time ratio ≤ 1.1 × FLOP ratio)",
+                        rows, unit + " (anchors)", "time vs CE", extra=("flop_ratio", "excess"))
         for name, why in m["skipped"].items():
             out.append(f"  {name}: not timed ({why})")
     if "files" in res:
         f = res["files"]
-        out += ["", f"## file path vs ImageFolder + DataLoader ({f['images']} JPEGs 500×375, "
-                    f"RandomResizedCrop({f['image_size']}) from resize {f['resize']}, batch {f['batch_size']}, "
-                    f"{f['workers']} workers; target from epoch 2: ≥ 2×)", _table(f["rows"], unit, "vs torchvision")]
+        out += _section(f"file path vs ImageFolder + DataLoader ({f['images']} JPEGs 500×375, "
+                        f"RandomResizedCrop({f['image_size']}) from resize {f['resize']}, batch "
+                        f"{f['batch_size']}, {f['workers']} workers; target from epoch 2: ≥ 2×)",
+                        f["rows"], unit, "vs torchvision")
     if "cuda" in res:
         c = res["cuda"]
         out += ["", "## CUDA"]

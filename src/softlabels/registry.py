@@ -210,6 +210,27 @@ def check_value(key: str, value: Any, annotation: Any, where: str) -> Any:
     return value
 
 
+def declared_function(call: Callable[..., Any], signature: inspect.Signature, hints: Dict[str, Any], *,
+                      name: str, doc: Optional[str], module: str) -> Callable[..., Any]:
+    """A function whose options are ``signature`` (``hints``: their resolved annotations),
+    called like a ``def`` with that signature would be (unknown or missing arguments raise
+    TypeError, defaults filled in), that returns ``call(**arguments)``. For factories generated
+    from a shared declaration (model variants, file readers): ``inspect.signature``,
+    :func:`option_hints` and :func:`check_kwargs` read what is declared here."""
+
+    def function(*args, **kwargs):
+        bound = signature.bind(*args, **kwargs)
+        bound.apply_defaults()
+        return call(**bound.arguments)
+
+    function.__signature__ = signature
+    function.__annotations__ = dict(hints)
+    function.__name__ = function.__qualname__ = name
+    function.__doc__ = doc
+    function.__module__ = module
+    return function
+
+
 def check_kwargs(fn: Callable, options: dict, where: str, skip=()) -> dict:
     """Validate ``options`` against ``fn``'s keyword parameters (types and declared ranges);
     return them (ints → floats where a float is declared)."""

@@ -91,6 +91,17 @@ def uniforms(seeds, count: int) -> np.ndarray:
 Boxes = Dict[str, np.ndarray]  # top, left, height, width (int64), flip (bool); one per sample
 
 
+def _sizes(heights, widths) -> Tuple[np.ndarray, np.ndarray]:
+    """The images' heights and widths as int64 vectors."""
+    return np.asarray(heights, dtype=np.int64).reshape(-1), np.asarray(widths, dtype=np.int64).reshape(-1)
+
+
+def _window(top: np.ndarray, left: np.ndarray, c: np.ndarray, h: np.ndarray, w: np.ndarray,
+            flip: np.ndarray) -> Boxes:
+    """The c×c windows at (top, left), cut to the images smaller than c."""
+    return {"top": top, "left": left, "height": np.minimum(c, h), "width": np.minimum(c, w), "flip": flip}
+
+
 class BoxTransform:
     """A crop box (and flip) per sample from its seed and its image's size; ``size`` is the
     output side (the box is resized to size×size when it is not already that)."""
@@ -111,8 +122,7 @@ class ResizedCrop(BoxTransform):
     tries: int = 10
 
     def boxes(self, seeds, heights, widths) -> Boxes:
-        h = np.asarray(heights, dtype=np.int64).reshape(-1)
-        w = np.asarray(widths, dtype=np.int64).reshape(-1)
+        h, w = _sizes(heights, widths)
         n = len(h)
         u = uniforms(seeds, 4 * self.tries + 1)
         area = (h * w).astype(np.float64)
@@ -151,15 +161,13 @@ class RandomCrop(BoxTransform):
     hflip: bool = True
 
     def boxes(self, seeds, heights, widths) -> Boxes:
-        h = np.asarray(heights, dtype=np.int64).reshape(-1)
-        w = np.asarray(widths, dtype=np.int64).reshape(-1)
+        h, w = _sizes(heights, widths)
         u = uniforms(seeds, 3)
         c = np.full(len(h), self.size, dtype=np.int64)
         top = np.floor(u[:, 0] * np.maximum(h - c + 1, 1)).astype(np.int64)
         left = np.floor(u[:, 1] * np.maximum(w - c + 1, 1)).astype(np.int64)
         flip = (u[:, 2] < 0.5) if self.hflip else np.zeros(len(h), dtype=bool)
-        return {"top": top, "left": left, "height": np.minimum(c, h), "width": np.minimum(c, w),
-                "flip": flip}
+        return _window(top, left, c, h, w, flip)
 
 
 @dataclass
@@ -169,13 +177,11 @@ class CenterCrop(BoxTransform):
     size: int
 
     def boxes(self, seeds, heights, widths) -> Boxes:
-        h = np.asarray(heights, dtype=np.int64).reshape(-1)
-        w = np.asarray(widths, dtype=np.int64).reshape(-1)
+        h, w = _sizes(heights, widths)
         c = np.full(len(h), self.size, dtype=np.int64)
         top = np.round((h - c) / 2.0).astype(np.int64).clip(min=0)  # round half to even,
         left = np.round((w - c) / 2.0).astype(np.int64).clip(min=0)  # as torchvision's
-        return {"top": top, "left": left, "height": np.minimum(c, h), "width": np.minimum(c, w),
-                "flip": np.zeros(len(h), dtype=bool)}
+        return _window(top, left, c, h, w, np.zeros(len(h), dtype=bool))
 
 
 @dataclass
@@ -185,8 +191,7 @@ class Resize(BoxTransform):
     size: int
 
     def boxes(self, seeds, heights, widths) -> Boxes:
-        h = np.asarray(heights, dtype=np.int64).reshape(-1)
-        w = np.asarray(widths, dtype=np.int64).reshape(-1)
+        h, w = _sizes(heights, widths)
         z = np.zeros(len(h), dtype=np.int64)
         return {"top": z, "left": z.copy(), "height": h, "width": w, "flip": np.zeros(len(h), dtype=bool)}
 

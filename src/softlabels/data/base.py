@@ -25,6 +25,11 @@ class TensorSplit:
     def subset(self, index: torch.Tensor) -> "TensorSplit":
         return TensorSplit(self.images[index], self.labels[index])
 
+    @classmethod
+    def of(cls, images: torch.Tensor, labels: Sequence[int]) -> "TensorSplit":
+        """A split from uint8 images and a list of int labels."""
+        return cls(images, torch.tensor(list(labels), dtype=torch.long))
+
 
 @dataclass
 class ImageTensors:

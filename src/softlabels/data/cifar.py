@@ -30,7 +30,7 @@ import torch
 from ..errors import DataError
 from ..registry import DATASETS
 from .base import ImageTensors, TensorSplit
-from .fgvc import check_official
+from .fgvc import check_official, need_root
 from .files import error_text
 
 # Per-channel mean and (population) std of the training images on the 0..1 scale.
@@ -161,20 +161,22 @@ def _split(batches: List[Tuple[np.ndarray, np.ndarray]], num_classes: int, what:
 CIFAR_TRAIN, CIFAR_TEST = 50_000, 10_000
 
 
-def _check_counts(what: str, expect: bool, train: TensorSplit, test: TensorSplit, num_classes: int,
-                  where: Path) -> None:
-    found = {"classes": len(torch.unique(train.labels)), "train": len(train.labels),
-             "test": len(test.labels)}
+def _dataset(what: str, expect: bool, folder: Path, classes: List[str], train: Tuple[list, Path],
+             test: Tuple[list, Path], mean: Tuple[float, ...], std: Tuple[float, ...]) -> ImageTensors:
+    """The ImageTensors of the read ``(batches, where)`` of each split, the labels checked
+    against the classes and, with ``expect``, the counts against the official ones."""
+    num_classes = len(classes)
+    train_split = _split(train[0], num_classes, what, train[1])
+    test_split = _split(test[0], num_classes, what, test[1])
+    found = {"classes": len(torch.unique(train_split.labels)), "train": len(train_split.labels),
+             "test": len(test_split.labels)}
     official = {"classes": num_classes, "train": CIFAR_TRAIN, "test": CIFAR_TEST}
-    check_official(what, expect, found, official, where)
+    check_official(what, expect, found, official, folder)
+    return ImageTensors(train_split, test_split, classes, mean, std)
 
 
 def _locate(root: Optional[str], folder: str, marker: str, what: str, layout: str) -> Path:
-    if root is None:
-        raise DataError(f"{what}: no data root given (set data.root); expected {layout}")
-    base = Path(root).expanduser()
-    if not base.is_dir():
-        raise DataError(f"{what}: {base} is not a directory; expected {layout}")
+    base = need_root(root, what, layout)
     if (base / folder).is_dir():
         return base / folder
     if (base / marker).exists():
@@ -200,19 +202,8 @@ def cifar10(root: Optional[str] = None, expect_official: bool = True) -> ImageTe
     classes = _read_names(folder / "batches.meta", b"label_names", 10, what)
     train = [_read_batch(folder / f"data_batch_{i}", b"labels", what) for i in range(1, 6)]
     test = [_read_batch(folder / "test_batch", b"labels", what)]
-    train_split = _split(train, 10, what, folder)
-    test_split = _split(test, 10, what, folder / "test_batch")
-    _check_counts(what, expect_official, train_split, test_split, 10, folder)
-    return ImageTensors(
-        train=train_split,
-        test=test_split,
-        classes=classes,
-        mean=CIFAR10_MEAN,
-        std=CIFAR10_STD,
-        val=None,
-        crop_padding=4,
-        hflip=True,
-    )
+    return _dataset(what, expect_official, folder, classes, (train, folder), (test, folder / "test_batch"),
+                    CIFAR10_MEAN, CIFAR10_STD)
 
 
 @DATASETS.register(
@@ -238,16 +229,5 @@ def cifar100(
     classes = _read_names(folder / "meta", f"{labels}_label_names".encode(), count, what)
     train = _read_batch(folder / "train", label_key, what)
     test = _read_batch(folder / "test", label_key, what)
-    train_split = _split([train], count, what, folder / "train")
-    test_split = _split([test], count, what, folder / "test")
-    _check_counts(what, expect_official, train_split, test_split, count, folder)
-    return ImageTensors(
-        train=train_split,
-        test=test_split,
-        classes=classes,
-        mean=CIFAR100_MEAN,
-        std=CIFAR100_STD,
-        val=None,
-        crop_padding=4,
-        hflip=True,
-    )
+    return _dataset(what, expect_official, folder, classes, ([train], folder / "train"),
+                    ([test], folder / "test"), CIFAR100_MEAN, CIFAR100_STD)

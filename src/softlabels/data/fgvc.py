@@ -37,11 +37,10 @@ from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
-import torch
 
-from ..errors import ConfigError, DataError
+from ..errors import DataError
 from ..registry import DATASETS
-from .files import IMAGENET_MEAN, IMAGENET_STD, FileSplit, ImageFiles, CacheMode, ResizeShape, TrainCrop, check_file_options, error_text
+from .files import FileOptions, ImageFiles, error_text, file_reader
 
 # --------------------------------------------------------------------------------------------
 # Shared helpers
@@ -168,28 +167,6 @@ def first_synonyms(wnids: Sequence[str], words: Dict[str, str]) -> List[str]:
     return [n if counts[n] == 1 or n == w else f"{n} ({w})" for n, w in zip(first, wnids)]
 
 
-def file_dataset(train_paths, train_labels, test_paths, test_labels, classes, image_size,
-                 resize, mean=IMAGENET_MEAN, std=IMAGENET_STD,
-                 train_crop: str = "random_resized_crop", resize_shape: str = "short_side",
-                 cache="auto", val=None) -> ImageFiles:
-    """An ``ImageFiles`` from path and label lists; ``val``: an optional official validation
-    split ``(paths, labels)``; ``train_crop``/``resize_shape``: the input protocol; ``cache``:
-    the decoded-image cache mode."""
-    return ImageFiles(
-        train=FileSplit(list(train_paths), torch.tensor(list(train_labels), dtype=torch.long)),
-        test=FileSplit(list(test_paths), torch.tensor(list(test_labels), dtype=torch.long)),
-        classes=list(classes),
-        mean=tuple(float(m) for m in mean),
-        std=tuple(float(v) for v in std),
-        val=None if val is None else FileSplit(list(val[0]), torch.tensor(list(val[1]), dtype=torch.long)),
-        image_size=image_size,
-        resize=resize,
-        train_crop=train_crop,
-        resize_shape=resize_shape,
-        cache=cache,
-    )
-
-
 # --------------------------------------------------------------------------------------------
 # CUB-200-2011
 
@@ -222,21 +199,16 @@ def _id_table(path: Path, what: str, value_desc: str) -> Dict[int, Tuple[int, st
     "CUB-200-2011 birds, 200 classes, 5,994 train / 5,794 test, official CUB_200_2011 layout "
     "(images.txt, train_test_split.txt, ...), decoded per file",
 )
+@file_reader
 def cub200(
     root: Optional[str] = None,
-    image_size: int = 224,
-    resize: int = 256,
     expect_official: bool = True,
-    mean: Tuple[float, float, float] = IMAGENET_MEAN,
-    std: Tuple[float, float, float] = IMAGENET_STD,
-    train_crop: TrainCrop = "random_resized_crop",
-    resize_shape: ResizeShape = "short_side",
-    cache: CacheMode = "auto",
+    *,
+    file_options: FileOptions,
 ) -> ImageFiles:
     """CUB-200-2011 with its official train/test split; ``image_size=448, resize=512`` for the
     fine-grained papers' 448×448 inputs."""
     what = "cub200"
-    check_file_options(image_size, resize, mean, std, train_crop, resize_shape, cache)
     base = need_root(root, what, CUB_LAYOUT)
     folder = base / "CUB_200_2011" if (base / "CUB_200_2011").is_dir() else base
     missing = [n for n in CUB_FILES if not (folder / n).is_file()]
@@ -301,8 +273,7 @@ def cub200(
         {"classes": 200, "train": 5994, "test": 5794}, folder,
     )
     check_listed_exist(what, train_paths + test_paths, str(images_path))
-    return file_dataset(train_paths, train_labels, test_paths, test_labels, classes,
-                        image_size, resize, mean, std, train_crop, resize_shape, cache)
+    return file_options.dataset((train_paths, train_labels), (test_paths, test_labels), classes)
 
 
 # --------------------------------------------------------------------------------------------
@@ -346,21 +317,16 @@ def _dogs_list(path: Path, what: str) -> Tuple[List[str], List[int]]:
     "Stanford Dogs, 120 breeds, 12,000 train / 8,580 test, official Images/ + "
     "train_list.mat/test_list.mat, decoded per file",
 )
+@file_reader
 def dogs(
     root: Optional[str] = None,
-    image_size: int = 224,
-    resize: int = 256,
     expect_official: bool = True,
-    mean: Tuple[float, float, float] = IMAGENET_MEAN,
-    std: Tuple[float, float, float] = IMAGENET_STD,
-    train_crop: TrainCrop = "random_resized_crop",
-    resize_shape: ResizeShape = "short_side",
-    cache: CacheMode = "auto",
+    *,
+    file_options: FileOptions,
 ) -> ImageFiles:
     """Stanford Dogs with its official split (lists.tar, read with scipy); ``image_size=448,
     resize=512`` for the fine-grained papers' 448×448 inputs."""
     what = "dogs"
-    check_file_options(image_size, resize, mean, std, train_crop, resize_shape, cache)
     base = need_root(root, what, DOGS_LAYOUT)
     images = next((base / n for n in ("Images", "images") if (base / n).is_dir()), None)
     if images is None:
@@ -401,8 +367,7 @@ def dogs(
     train_paths = [str(images / f) for f in train_files]
     test_paths = [str(images / f) for f in test_files]
     check_listed_exist(what, train_paths + test_paths, f"{lists}/{{train,test}}_list.mat")
-    return file_dataset(train_paths, train_labels, test_paths, [y - 1 for y in test_y],
-                        classes, image_size, resize, mean, std, train_crop, resize_shape, cache)
+    return file_options.dataset((train_paths, train_labels), (test_paths, [y - 1 for y in test_y]), classes)
 
 
 # --------------------------------------------------------------------------------------------
@@ -431,20 +396,15 @@ def _mit67_list(path: Path, what: str) -> List[Tuple[int, str, str]]:
     "MIT Indoor-67 scenes, 67 classes, 5,360 train / 1,340 test, official Images/ + "
     "TrainImages.txt/TestImages.txt, decoded per file",
 )
+@file_reader
 def mit67(
     root: Optional[str] = None,
-    image_size: int = 224,
-    resize: int = 256,
     expect_official: bool = True,
-    mean: Tuple[float, float, float] = IMAGENET_MEAN,
-    std: Tuple[float, float, float] = IMAGENET_STD,
-    train_crop: TrainCrop = "random_resized_crop",
-    resize_shape: ResizeShape = "short_side",
-    cache: CacheMode = "auto",
+    *,
+    file_options: FileOptions,
 ) -> ImageFiles:
     """MIT Indoor-67 with the official 80/20-per-class split of TrainImages/TestImages.txt."""
     what = "mit67"
-    check_file_options(image_size, resize, mean, std, train_crop, resize_shape, cache)
     base = need_root(root, what, MIT67_LAYOUT)
     images = next((d for d in (base / "Images", base / "indoorCVPR_09" / "Images")
                    if d.is_dir()), None)
@@ -470,6 +430,5 @@ def mit67(
     train_paths = [str(images / line) for _, _, line in train]
     test_paths = [str(images / line) for _, _, line in test]
     check_listed_exist(what, train_paths + test_paths, f"{lists}/{{Train,Test}}Images.txt")
-    return file_dataset(train_paths, [index[c] for _, c, _ in train], test_paths,
-                        [index[c] for _, c, _ in test], classes, image_size, resize, mean, std,
-                        train_crop, resize_shape, cache)
+    return file_options.dataset((train_paths, [index[c] for _, c, _ in train]),
+                         (test_paths, [index[c] for _, c, _ in test]), classes)

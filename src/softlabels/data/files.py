@@ -31,14 +31,17 @@ size, or on whether the cache is used.
 """
 from __future__ import annotations
 
+import inspect
 import os
-from dataclasses import dataclass
-from typing import Dict, Iterator, List, Literal, Optional, Sequence, Tuple, Union
+import typing
+from dataclasses import dataclass, fields
+from typing import Any, Callable, Dict, Iterator, List, Literal, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
 
 from ..errors import ConfigError, DataError
+from ..registry import declared_function, option_hints
 from .augment import CenterCrop, RandomCrop, ResizedCrop, flip_where, resize_crops
 from .augment import derived_seed  # noqa: F401  (re-exported: files.derived_seed)
 from .loader import PARTNER_ROLE, SEED_STREAM, PlannedLoader, Step, step_uses  # noqa: F401
@@ -151,6 +154,87 @@ class ImageFiles:
 
 # --------------------------------------------------------------------------------------------
 # Loader
+
+
+SplitLike = Union[FileSplit, Tuple[Sequence[str], Sequence[int]]]
+
+
+def _file_split(split: SplitLike) -> FileSplit:
+    if isinstance(split, FileSplit):
+        return split
+    paths, labels = split
+    return FileSplit(list(paths), torch.tensor(list(labels), dtype=torch.long))
+
+
+@dataclass(frozen=True)
+class FileOptions:
+    """The input-protocol options every file reader shares (``data.options.*``, see the module
+    docstring), declared here once: :func:`file_reader` adds them to each reader's signature,
+    checks them (:func:`check_file_options`) and hands them to the reader as one value."""
+
+    image_size: int = 224
+    resize: int = 256
+    mean: Tuple[float, float, float] = IMAGENET_MEAN
+    std: Tuple[float, float, float] = IMAGENET_STD
+    train_crop: TrainCrop = "random_resized_crop"
+    resize_shape: ResizeShape = "short_side"
+    cache: CacheMode = "auto"
+
+    def check(self) -> "FileOptions":
+        check_file_options(self.image_size, self.resize, self.mean, self.std, self.train_crop,
+                           self.resize_shape, self.cache)
+        return self
+
+    def dataset(self, train: SplitLike, test: SplitLike, classes: Sequence[str],
+                val: Optional[SplitLike] = None) -> "ImageFiles":
+        """An ``ImageFiles`` with these options; each split a FileSplit or ``(paths, labels)``
+        (``val``: the official validation split, if any)."""
+        return ImageFiles(
+            train=_file_split(train),
+            test=_file_split(test),
+            classes=list(classes),
+            mean=tuple(float(m) for m in self.mean),
+            std=tuple(float(v) for v in self.std),
+            val=None if val is None else _file_split(val),
+            image_size=self.image_size,
+            resize=self.resize,
+            train_crop=self.train_crop,
+            resize_shape=self.resize_shape,
+            cache=self.cache,
+        )
+
+
+_SIZE_OPTIONS = ("image_size", "resize")  # declared right after ``root``; the others last
+
+
+def file_reader(reader: Callable[..., "ImageFiles"]) -> Callable[..., "ImageFiles"]:
+    """Decorator for a file reader declared as ``reader(root, <its own options>, *, file_options)``:
+    the registered reader takes ``root, image_size, resize, <its own options>, mean, std,
+    train_crop, resize_shape, cache`` (the :class:`FileOptions`, with their defaults), checks
+    the shared ones before anything is read, and calls ``reader(..., file_options=FileOptions(...))``."""
+    sig = inspect.signature(reader)
+    hints = option_hints(reader)
+    own = [p.replace(annotation=hints.get(p.name, p.annotation)) for p in sig.parameters.values()
+           if p.name != "file_options"]
+    if not own or own[0].name != "root" or "file_options" not in sig.parameters:
+        raise TypeError(f"file_reader: {reader.__name__} must take root first and file_options")
+    file_hints = typing.get_type_hints(FileOptions, include_extras=True)
+    shared = {f.name: inspect.Parameter(f.name, inspect.Parameter.POSITIONAL_OR_KEYWORD,
+                                        default=f.default, annotation=file_hints[f.name])
+              for f in fields(FileOptions)}
+    params = ([own[0]] + [shared[n] for n in _SIZE_OPTIONS] + own[1:]
+              + [p for n, p in shared.items() if n not in _SIZE_OPTIONS])
+
+    def call(**arguments: Any) -> "ImageFiles":
+        file_options = FileOptions(**{n: arguments.pop(n) for n in shared}).check()
+        return reader(**arguments, file_options=file_options)
+
+    signature = sig.replace(parameters=params, return_annotation=hints.get("return", sig.return_annotation))
+    declared = {p.name: p.annotation for p in params if p.annotation is not p.empty}
+    if "return" in hints:
+        declared["return"] = hints["return"]
+    return declared_function(call, signature, declared, name=reader.__name__, doc=reader.__doc__,
+                             module=reader.__module__)
 
 
 def auto_workers(cached: bool, device: torch.device) -> int:

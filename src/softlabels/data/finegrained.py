@@ -64,17 +64,13 @@ from .fgvc import (
     check_every_class_trained,
     check_listed_exist,
     check_official,
-    file_dataset,
     load_mat,
     mat_scalar,
     need_root,
     read_lines,
 )
-from .files import (IMAGENET_MEAN, IMAGENET_STD, CacheMode, ImageFiles, ResizeShape, TrainCrop,
-                    check_file_options)
+from .files import FileOptions, ImageFiles, file_reader
 from .imagenet import _class_images, _scan
-
-Triple = Tuple[float, float, float]
 
 
 def _mat_ints(mat: dict, key: str, path: Path, what: str) -> List[int]:
@@ -116,21 +112,16 @@ FLOWERS_LAYOUT = (
     "Oxford Flowers-102, 102 classes, train+val 2,040 (split trainval, OLS) or train 1,020 + val "
     "1,020 / test 6,149, official jpg/ + imagelabels.mat + setid.mat, decoded per file",
 )
+@file_reader
 def flowers102(
     root: Optional[str] = None,
-    image_size: int = 224,
-    resize: int = 256,
     split: Literal["trainval", "train"] = "trainval",
     expect_official: bool = True,
-    mean: Triple = IMAGENET_MEAN,
-    std: Triple = IMAGENET_STD,
-    train_crop: TrainCrop = "random_resized_crop",
-    resize_shape: ResizeShape = "short_side",
-    cache: CacheMode = "auto",
+    *,
+    file_options: FileOptions,
 ) -> ImageFiles:
     """split: trainval (train on trnid + valid, OLS) or train (trnid; valid is the validation split)."""
     what = "flowers102"
-    check_file_options(image_size, resize, mean, std, train_crop, resize_shape, cache)
     base = need_root(root, what, FLOWERS_LAYOUT)
     folder = base / "flowers-102" if (base / "flowers-102").is_dir() else base
     if not (folder / "jpg").is_dir():
@@ -169,8 +160,7 @@ def flowers102(
     found["test"], official["test"] = len(test[0]), 6149
     check_official(what, expect_official, found, official, folder)
     check_listed_exist(what, train[0] + (val[0] if val else []) + test[0], str(setid_path))
-    return file_dataset(*train, *test, classes, image_size, resize, mean, std, val=val,
-                        train_crop=train_crop, resize_shape=resize_shape, cache=cache)
+    return file_options.dataset(train, test, classes, val=val)
 
 
 # --------------------------------------------------------------------------------------------
@@ -210,21 +200,16 @@ def _cars_annotations(path: Path, what: str) -> List[Tuple[str, int]]:
     "Stanford Cars, 196 classes, 8,144 train / 8,041 test, devkit layout (cars_train/, cars_test/, "
     "annotation .mat files), decoded per file",
 )
+@file_reader
 def stanford_cars(
     root: Optional[str] = None,
-    image_size: int = 224,
-    resize: int = 256,
     expect_official: bool = True,
-    mean: Triple = IMAGENET_MEAN,
-    std: Triple = IMAGENET_STD,
-    train_crop: TrainCrop = "random_resized_crop",
-    resize_shape: ResizeShape = "short_side",
-    cache: CacheMode = "auto",
+    *,
+    file_options: FileOptions,
 ) -> ImageFiles:
     """Stanford Cars with its official split; the test labels come from
     cars_test_annos_withlabels.mat."""
     what = "stanford_cars"
-    check_file_options(image_size, resize, mean, std, train_crop, resize_shape, cache)
     base = need_root(root, what, CARS_LAYOUT)
     missing = [d for d in ("cars_train", "cars_test", "devkit") if not (base / d).is_dir()]
     if missing:
@@ -261,8 +246,7 @@ def stanford_cars(
     test_paths = [str(base / "cars_test" / f) for f, _ in test]
     check_listed_exist(what, train_paths, str(train_ann))
     check_listed_exist(what, test_paths, str(test_ann))
-    return file_dataset(train_paths, train_labels, test_paths, [c - 1 for _, c in test], classes,
-                        image_size, resize, mean, std, train_crop=train_crop, resize_shape=resize_shape, cache=cache)
+    return file_options.dataset((train_paths, train_labels), (test_paths, [c - 1 for _, c in test]), classes)
 
 
 # --------------------------------------------------------------------------------------------
@@ -294,23 +278,18 @@ def _aircraft_list(path: Path, what: str) -> List[Tuple[int, str, str]]:
     "FGVC-Aircraft 2013b, variant level: 100 classes, trainval 6,667 / test 3,333 (or train + val), "
     "official data/images + images_variant_*.txt; level variant_first_word = OLS's 90 classes",
 )
+@file_reader
 def fgvc_aircraft(
     root: Optional[str] = None,
-    image_size: int = 224,
-    resize: int = 256,
     split: Literal["trainval", "train"] = "trainval",
     level: Literal["variant", "variant_first_word"] = "variant",
     expect_official: bool = True,
-    mean: Triple = IMAGENET_MEAN,
-    std: Triple = IMAGENET_STD,
-    train_crop: TrainCrop = "random_resized_crop",
-    resize_shape: ResizeShape = "short_side",
-    cache: CacheMode = "auto",
+    *,
+    file_options: FileOptions,
 ) -> ImageFiles:
     """split: trainval (6,667 training images) or train (3,334; val is the validation split);
     level: variant (100 classes) or variant_first_word (OLS's 90)."""
     what = "fgvc_aircraft"
-    check_file_options(image_size, resize, mean, std, train_crop, resize_shape, cache)
     base = need_root(root, what, AIRCRAFT_LAYOUT)
     folder = next((d for d in (base / "fgvc-aircraft-2013b" / "data", base / "data", base)
                    if (d / "images").is_dir()), None)
@@ -355,8 +334,7 @@ def fgvc_aircraft(
     for p in parts:
         check_listed_exist(what, split_data[p][0], str(lists[p]))
     val = split_data.get("val")
-    return file_dataset(*split_data[train_key], *split_data["test"], classes, image_size, resize, mean,
-                        std, val=val, train_crop=train_crop, resize_shape=resize_shape, cache=cache)
+    return file_options.dataset(split_data[train_key], split_data["test"], classes, val=val)
 
 
 # --------------------------------------------------------------------------------------------
@@ -379,20 +357,15 @@ IMAGEWOOF_LAYOUT = (
     "Imagewoof (fast.ai), 10 ImageNet dog breeds, train 9,025 / val 3,929 (the test split), "
     "train/<wnid>/ + val/<wnid>/ as distributed, decoded per file",
 )
+@file_reader
 def imagewoof(
     root: Optional[str] = None,
-    image_size: int = 224,
-    resize: int = 256,
     expect_official: bool = True,
-    mean: Triple = IMAGENET_MEAN,
-    std: Triple = IMAGENET_STD,
-    train_crop: TrainCrop = "random_resized_crop",
-    resize_shape: ResizeShape = "short_side",
-    cache: CacheMode = "auto",
+    *,
+    file_options: FileOptions,
 ) -> ImageFiles:
     """Imagewoof (imagewoof2, any of its three sizes): val/ is the test split."""
     what = "imagewoof"
-    check_file_options(image_size, resize, mean, std, train_crop, resize_shape, cache)
     base = need_root(root, what, IMAGEWOOF_LAYOUT)
     folder = next((d for d in (base, base / "imagewoof2", base / "imagewoof2-320", base / "imagewoof2-160")
                    if (d / "train").is_dir() and (d / "val").is_dir()), None)
@@ -427,5 +400,4 @@ def imagewoof(
         {"classes": len(wnids), "train": len(split_data["train"][0]), "val (test)": len(split_data["val"][0])},
         {"classes": 10, "train": 9025, "val (test)": 3929}, folder,
     )
-    return file_dataset(*split_data["train"], *split_data["val"], classes, image_size, resize, mean, std,
-                        train_crop=train_crop, resize_shape=resize_shape, cache=cache)
+    return file_options.dataset(split_data["train"], split_data["val"], classes)

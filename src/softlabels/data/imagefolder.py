@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional
 
 import torch
 
 from ..errors import ConfigError, DataError
 from ..registry import DATASETS
-from .files import IMAGENET_MEAN, IMAGENET_STD, FileSplit, ImageFiles, CacheMode, ResizeShape, TrainCrop, check_file_options
+from .files import FileOptions, FileSplit, ImageFiles, file_reader
 
 IMAGE_EXTENSIONS = (
     ".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".pbm",
@@ -108,20 +108,15 @@ def _check_same_classes(found: Dict[str, List[str]], root: Path) -> None:
     "test split (any image-classification set, e.g. ImageNet-style trees, Imagewoof), decoded "
     "per file",
 )
+@file_reader
 def imagefolder(
     root: Optional[str] = None,
-    image_size: int = 224,
-    resize: int = 256,
-    mean: Tuple[float, float, float] = IMAGENET_MEAN,
-    std: Tuple[float, float, float] = IMAGENET_STD,
     allow_empty_classes: bool = False,
-    train_crop: TrainCrop = "random_resized_crop",
-    resize_shape: ResizeShape = "short_side",
-    cache: CacheMode = "auto",
+    *,
+    file_options: FileOptions,
 ) -> ImageFiles:
     """Read a class-folder tree. ``mean``/``std`` default to ImageNet's (RGB, 0..1 scale);
     ``allow_empty_classes`` accepts class folders without images."""
-    check_file_options(image_size, resize, mean, std, train_crop, resize_shape, cache)
     if root is None:
         raise DataError(f"imagefolder: no data root given; expected {LAYOUT}")
     base = Path(root).expanduser()
@@ -144,16 +139,4 @@ def imagefolder(
     classes = found["train"]
     splits = {split: _read_split(base / folder, classes, allow_empty_classes)
               for split, folder in folders.items()}
-    return ImageFiles(
-        train=splits["train"],
-        test=splits["test"],
-        classes=list(classes),
-        mean=tuple(float(m) for m in mean),
-        std=tuple(float(s) for s in std),
-        val=splits.get("val"),
-        image_size=image_size,
-        resize=resize,
-        train_crop=train_crop,
-        resize_shape=resize_shape,
-        cache=cache,
-    )
+    return file_options.dataset(splits["train"], splits["test"], classes, val=splits.get("val"))

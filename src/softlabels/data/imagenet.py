@@ -36,7 +36,6 @@ from ..registry import DATASETS
 from .fgvc import (
     bad_line,
     check_official,
-    file_dataset,
     first_synonyms,
     load_mat,
     mat_scalar,
@@ -44,7 +43,7 @@ from .fgvc import (
     parse_int,
     read_lines,
 )
-from .files import IMAGENET_MEAN, IMAGENET_STD, ImageFiles, CacheMode, ResizeShape, TrainCrop, check_file_options, error_text
+from .files import FileOptions, ImageFiles, error_text, file_reader
 from .imagefolder import IMAGE_EXTENSIONS
 
 LAYOUT = (
@@ -167,20 +166,15 @@ def _class_images(folder: Path, what: str) -> List[str]:
     "ImageNet ILSVRC-2012, 1000 classes, 1.28M train / 50k val (the test split), train/<wnid>/ "
     "and val/<wnid>/ or flat val + devkit ground truth, decoded per file",
 )
+@file_reader
 def imagenet(
     root: Optional[str] = None,
-    image_size: int = 224,
-    resize: int = 256,
     expect_official: bool = True,
-    mean: Tuple[float, float, float] = IMAGENET_MEAN,
-    std: Tuple[float, float, float] = IMAGENET_STD,
-    train_crop: TrainCrop = "random_resized_crop",
-    resize_shape: ResizeShape = "short_side",
-    cache: CacheMode = "auto",
+    *,
+    file_options: FileOptions,
 ) -> ImageFiles:
     """ILSVRC-2012: train/<wnid>/ for training, the validation images as the test split."""
     what = "imagenet"
-    check_file_options(image_size, resize, mean, std, train_crop, resize_shape, cache)
     base = need_root(root, what, LAYOUT)
     images = images_root(base)
     missing = [s for s in ("train", "val") if not (images / s).is_dir()]
@@ -280,5 +274,4 @@ def imagenet(
         if mapping is not None:
             words = _read_synset_mapping(mapping, what)
     classes = first_synonyms(wnids, words)
-    return file_dataset(train_paths, train_labels, test_paths, test_labels, classes,
-                        image_size, resize, mean, std, train_crop, resize_shape, cache)
+    return file_options.dataset((train_paths, train_labels), (test_paths, test_labels), classes)

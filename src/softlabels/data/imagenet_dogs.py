@@ -27,15 +27,13 @@ from __future__ import annotations
 
 from typing import Optional
 
-import torch
-
 from ..errors import ConfigError, DataError
 from ..registry import DATASETS
-from .base import ImageTensors, TensorSplit
+from .base import ImageTensors
 from .fgvc import check_official, need_root
 from .files import IMAGENET_MEAN, IMAGENET_STD
 from .imagenet import LAYOUT, _scan, images_root, imagenet
-from .tinyimagenet import _decode_cached
+from .tinyimagenet import decoded_dataset
 
 DOG_WNIDS = tuple("""
 n02085620 n02085782 n02085936 n02086079 n02086240 n02086646 n02086910 n02087046 n02087394
@@ -97,14 +95,5 @@ def imagenet_dogs(
     )
     if not test_paths:
         raise DataError(f"{what}: {images_root(base) / 'val'} has no images of the dog classes")
-    train_x, test_x = _decode_cached([train_paths, test_paths], image_size, what, cache)
-    return ImageTensors(
-        train=TensorSplit(train_x, torch.tensor(train_labels, dtype=torch.long)),
-        test=TensorSplit(test_x, torch.tensor(test_labels, dtype=torch.long)),
-        classes=classes,
-        mean=IMAGENET_MEAN,
-        std=IMAGENET_STD,
-        val=None,
-        crop_padding=4,
-        hflip=True,
-    )
+    return decoded_dataset(what, (train_paths, train_labels), (test_paths, test_labels), classes,
+                           image_size, cache, IMAGENET_MEAN, IMAGENET_STD)

@@ -122,6 +122,17 @@ def _decode_cached(splits: List[List[str]], size: int, what: str, cache: bool) -
     return out
 
 
+def decoded_dataset(what: str, train: Tuple[List[str], List[int]], test: Tuple[List[str], List[int]],
+                    classes: List[str], size: int, cache: bool, mean: Tuple[float, ...],
+                    std: Tuple[float, ...], **augmentation) -> ImageTensors:
+    """An in-memory ``ImageTensors`` from ``(paths, labels)`` splits, every image decoded once
+    to size×size (through the decoded-tensor cache when ``cache``); ``augmentation``: the
+    ImageTensors fields past ``std`` (``train_crop``, ``output_size`` …)."""
+    train_x, test_x = _decode_cached([train[0], test[0]], size, what, cache)
+    return ImageTensors(TensorSplit.of(train_x, train[1]), TensorSplit.of(test_x, test[1]), classes,
+                        mean, std, **augmentation)
+
+
 @DATASETS.register(
     "tinyimagenet",
     "Tiny ImageNet-200, 64×64 colour, 200 classes, 100k train / 10k val (the test split), "
@@ -227,16 +238,6 @@ def tinyimagenet(
     check_listed_exist(what, test_paths, str(ann_path))
 
     stored = 64 if train_crop == "random_resized_crop" else image_size
-    train_x, test_x = _decode_cached([train_paths, test_paths], stored, what, cache)
-    return ImageTensors(
-        train=TensorSplit(train_x, torch.tensor(train_labels, dtype=torch.long)),
-        test=TensorSplit(test_x, torch.tensor(test_labels, dtype=torch.long)),
-        classes=classes,
-        mean=TINY_MEAN,
-        std=TINY_STD,
-        val=None,
-        crop_padding=4,
-        hflip=True,
-        train_crop=train_crop,
-        output_size=image_size if train_crop == "random_resized_crop" else None,
-    )
+    return decoded_dataset(what, (train_paths, train_labels), (test_paths, test_labels), classes, stored,
+                           cache, TINY_MEAN, TINY_STD, train_crop=train_crop,
+                           output_size=image_size if train_crop == "random_resized_crop" else None)

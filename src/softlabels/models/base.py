@@ -1,11 +1,14 @@
 """The one output type every backbone returns, and the base class they share."""
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import torch
 from torch import nn
+
+from ..registry import MODELS, declared_function, option_hints
 
 
 @dataclass
@@ -143,3 +146,30 @@ def _tv_models():
     import torchvision.models
 
     return torchvision.models
+
+
+def register_variant(name: str, description: str, template: Callable[..., Any], doc: Optional[str] = None,
+                     **values: Any) -> Callable[..., Any]:
+    """Register model ``name`` as a variant of the builder ``template`` and return its factory.
+
+    ``template``'s positional-or-keyword parameters are the variant's options (what
+    ``model.options`` may set), declared once for the family; its keyword-only parameters are
+    what tells the variants apart (``arch``, ``depth`` …) and are not options. ``values`` gives
+    every keyword-only parameter its value and may give an option another default (e.g.
+    EfficientNet's ``dropout``). The factory has its own name, ``doc`` as its docstring, and
+    the signature the registry reads; it calls ``template(**options, **fixed)``."""
+    sig = inspect.signature(template)
+    hints = option_hints(template)
+    fixed = {n: values.pop(n) for n, p in sig.parameters.items() if p.kind is p.KEYWORD_ONLY}
+    params = [p for p in sig.parameters.values() if p.kind is p.POSITIONAL_OR_KEYWORD]
+    unknown = sorted(set(values) - {p.name for p in params})
+    if unknown:
+        raise ValueError(f"model variant {name!r}: {template.__name__} has no option {', '.join(unknown)}")
+    params = [p.replace(annotation=hints.get(p.name, p.annotation), default=values.get(p.name, p.default))
+              for p in params]
+    signature = sig.replace(parameters=params, return_annotation=hints.get("return", sig.return_annotation))
+    factory = declared_function(lambda **options: template(**options, **fixed), signature,
+                                {k: v for k, v in hints.items() if k not in fixed}, name=name, doc=doc,
+                                module=template.__module__)
+    MODELS.register(name, description)(factory)
+    return factory

@@ -37,7 +37,7 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..registry import MODELS
-from .base import Classifier
+from .base import Classifier, register_variant
 
 
 class PadShortcut(nn.Module):
@@ -57,6 +57,19 @@ class PadShortcut(nn.Module):
         return x
 
 
+def make_shortcut(in_channels: int, out_channels: int, stride: int, shortcut: str) -> nn.Module:
+    """A block's shortcut: the identity where the shape is kept, else option A
+    (:class:`PadShortcut`) or B (1×1 strided convolution + BatchNorm)."""
+    if stride == 1 and in_channels == out_channels:
+        return nn.Identity()
+    if shortcut == "A":
+        return PadShortcut(out_channels, stride)
+    return nn.Sequential(
+        nn.Conv2d(in_channels, out_channels, 1, stride, bias=False),
+        nn.BatchNorm2d(out_channels),
+    )
+
+
 class BasicBlock(nn.Module):
     """conv3×3 → BN → ReLU → conv3×3 → BN, plus the shortcut, then ReLU."""
 
@@ -66,15 +79,7 @@ class BasicBlock(nn.Module):
         self.bn1 = nn.BatchNorm2d(out_channels)
         self.conv2 = nn.Conv2d(out_channels, out_channels, 3, 1, 1, bias=False)
         self.bn2 = nn.BatchNorm2d(out_channels)
-        if stride == 1 and in_channels == out_channels:
-            self.downsample = nn.Identity()
-        elif shortcut == "A":
-            self.downsample = PadShortcut(out_channels, stride)
-        else:
-            self.downsample = nn.Sequential(
-                nn.Conv2d(in_channels, out_channels, 1, stride, bias=False),
-                nn.BatchNorm2d(out_channels),
-            )
+        self.downsample = make_shortcut(in_channels, out_channels, stride, shortcut)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.relu(self.bn1(self.conv1(x)))
@@ -97,15 +102,7 @@ class BottleneckBlock(nn.Module):
         self.bn2 = nn.BatchNorm2d(planes)
         self.conv3 = nn.Conv2d(planes, out_channels, 1, bias=False)
         self.bn3 = nn.BatchNorm2d(out_channels)
-        if stride == 1 and in_channels == out_channels:
-            self.downsample = nn.Identity()
-        elif shortcut == "A":
-            self.downsample = PadShortcut(out_channels, stride)
-        else:
-            self.downsample = nn.Sequential(
-                nn.Conv2d(in_channels, out_channels, 1, stride, bias=False),
-                nn.BatchNorm2d(out_channels),
-            )
+        self.downsample = make_shortcut(in_channels, out_channels, stride, shortcut)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.relu(self.bn1(self.conv1(x)))
@@ -196,19 +193,18 @@ class CifarResNet(ThreeStages, Classifier):
         return module
 
 
-def _register_depth(depth: int) -> None:
-    n = (depth - 2) // 6
-
-    def factory(num_classes: int, in_channels: int = 3, shortcut: Literal["B", "A"] = "B") -> CifarResNet:
-        return CifarResNet(depth, num_classes, in_channels, shortcut)
-
-    factory.__name__ = f"resnet{depth}"
-    MODELS.register(f"resnet{depth}", f"CIFAR ResNet-{depth} (He et al. 2016), 3 stages 16/32/64, "
-                                      f"{n} block{'s' * (n > 1)} each")(factory)
+def _fixed_depth(num_classes: int, in_channels: int = 3, shortcut: Literal["B", "A"] = "B", *,
+                 depth: int) -> CifarResNet:
+    """The options of the fixed-depth CIFAR ResNets ``resnet<depth>``."""
+    return CifarResNet(depth, num_classes, in_channels, shortcut)
 
 
 for _depth in (8, 20, 32, 44, 56, 74, 110):
-    _register_depth(_depth)
+    _n = (_depth - 2) // 6
+    register_variant(
+        f"resnet{_depth}",
+        f"CIFAR ResNet-{_depth} (He et al. 2016), 3 stages 16/32/64, {_n} block{'s' * (_n > 1)} each",
+        _fixed_depth, depth=_depth)
 
 
 @MODELS.register("cifar_resnet", "CIFAR ResNet of any depth (He et al. 2016): depth 6n+2 with basic blocks, "

@@ -26,8 +26,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from ..registry import MODELS
-from .base import Classifier, _tv_models
+from .base import Classifier, _tv_models, register_variant
 
 
 def _resnet10(**kwargs):
@@ -120,50 +119,27 @@ def _block_out_channels(block: nn.Module) -> int:
 _STEM = "stem 'imagenet' (7×7/2 conv + max-pool) or 'cifar' (3×3/1 conv, no max-pool)"
 
 
-@MODELS.register("resnet18", f"ResNet-18 (He et al. 2016, torchvision), {_STEM}")
-def resnet18(
-    num_classes: int, in_channels: int = 3, stem: Literal["imagenet", "cifar"] = "imagenet"
+def _resnet(
+    num_classes: int, in_channels: int = 3, stem: Literal["imagenet", "cifar"] = "imagenet", *, arch: str
 ) -> TorchvisionResNet:
-    return TorchvisionResNet("resnet18", num_classes, in_channels, stem)
+    """The options of every registered torchvision ResNet (``arch``)."""
+    return TorchvisionResNet(arch, num_classes, in_channels, stem)
 
 
-@MODELS.register("resnet34", f"ResNet-34 (He et al. 2016, torchvision), {_STEM}")
-def resnet34(
-    num_classes: int, in_channels: int = 3, stem: Literal["imagenet", "cifar"] = "imagenet"
-) -> TorchvisionResNet:
-    return TorchvisionResNet("resnet34", num_classes, in_channels, stem)
-
-
-@MODELS.register("resnet50", f"ResNet-50 (He et al. 2016, torchvision, bottleneck blocks), {_STEM}")
-def resnet50(
-    num_classes: int, in_channels: int = 3, stem: Literal["imagenet", "cifar"] = "imagenet"
-) -> TorchvisionResNet:
-    return TorchvisionResNet("resnet50", num_classes, in_channels, stem)
-
-
-@MODELS.register("resnet10", f"ResNet-10 (CS-KD's student: torchvision ResNet, 1 basic block per stage), {_STEM}")
-def resnet10(
-    num_classes: int, in_channels: int = 3, stem: Literal["imagenet", "cifar"] = "imagenet"
-) -> TorchvisionResNet:
-    return TorchvisionResNet("resnet10", num_classes, in_channels, stem)
-
-
-@MODELS.register("resnet101", f"ResNet-101 (He et al. 2016, torchvision, bottleneck blocks), {_STEM}")
-def resnet101(
-    num_classes: int, in_channels: int = 3, stem: Literal["imagenet", "cifar"] = "imagenet"
-) -> TorchvisionResNet:
-    return TorchvisionResNet("resnet101", num_classes, in_channels, stem)
-
-
-@MODELS.register("resnet152", f"ResNet-152 (He et al. 2016, torchvision, bottleneck blocks; the CD teacher), {_STEM}")
-def resnet152(
-    num_classes: int, in_channels: int = 3, stem: Literal["imagenet", "cifar"] = "imagenet"
-) -> TorchvisionResNet:
-    return TorchvisionResNet("resnet152", num_classes, in_channels, stem)
-
-
-@MODELS.register("resnext101_32x4d", f"ResNeXt-101 32x4d (Xie et al. 2017; torchvision ResNet class, groups 32, width 4), {_STEM}")
-def resnext101_32x4d(
-    num_classes: int, in_channels: int = 3, stem: Literal["imagenet", "cifar"] = "imagenet"
-) -> TorchvisionResNet:
-    return TorchvisionResNet("resnext101_32x4d", num_classes, in_channels, stem)
+_REF = "He et al. 2016, torchvision"
+resnet18 = register_variant("resnet18", f"ResNet-18 ({_REF}), {_STEM}", _resnet, arch="resnet18")
+resnet34 = register_variant("resnet34", f"ResNet-34 ({_REF}), {_STEM}", _resnet, arch="resnet34")
+resnet50 = register_variant("resnet50", f"ResNet-50 ({_REF}, bottleneck blocks), {_STEM}", _resnet,
+                            arch="resnet50")
+resnet10 = register_variant(
+    "resnet10", f"ResNet-10 (CS-KD's student: torchvision ResNet, 1 basic block per stage), {_STEM}",
+    _resnet, arch="resnet10")
+resnet101 = register_variant("resnet101", f"ResNet-101 ({_REF}, bottleneck blocks), {_STEM}", _resnet,
+                             arch="resnet101")
+resnet152 = register_variant(
+    "resnet152", f"ResNet-152 ({_REF}, bottleneck blocks; the CD teacher), {_STEM}", _resnet,
+    arch="resnet152")
+resnext101_32x4d = register_variant(
+    "resnext101_32x4d",
+    f"ResNeXt-101 32x4d (Xie et al. 2017; torchvision ResNet class, groups 32, width 4), {_STEM}",
+    _resnet, arch="resnext101_32x4d")

@@ -24,8 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..registry import MODELS
-from .base import Classifier, reset_initialise
+from .base import Classifier, register_variant, reset_initialise
 from .cifar_resnet import ThreeStages
 
 
@@ -79,13 +78,13 @@ class CifarResNeXt(ThreeStages, Classifier):
     initialise = staticmethod(reset_initialise)  # PyTorch's defaults, as the reference
 
 
-@MODELS.register("resnext29_2x64d", "CIFAR ResNeXt-29 2x64d (OLS Table II; OLS authors' code): 1x1 stem, "
-                                    "3 stages of 3 blocks, 256/512/1024 channels")
-def resnext29_2x64d(num_classes: int, in_channels: int = 3) -> CifarResNeXt:
-    return CifarResNeXt(2, 64, num_classes, in_channels)
+def _resnext29(num_classes: int, in_channels: int = 3, *, cardinality: int, width: int) -> CifarResNeXt:
+    """The options of the registered CIFAR ResNeXt-29s (``cardinality`` x ``width``d)."""
+    return CifarResNeXt(cardinality, width, num_classes, in_channels)
 
 
-@MODELS.register("resnext29_32x4d", "CIFAR ResNeXt-29 32x4d (OLS Table II; OLS authors' code): 1x1 stem, "
-                                    "3 stages of 3 blocks, 256/512/1024 channels")
-def resnext29_32x4d(num_classes: int, in_channels: int = 3) -> CifarResNeXt:
-    return CifarResNeXt(32, 4, num_classes, in_channels)
+_OLS = "(OLS Table II; OLS authors' code): 1x1 stem, 3 stages of 3 blocks, 256/512/1024 channels"
+resnext29_2x64d = register_variant("resnext29_2x64d", f"CIFAR ResNeXt-29 2x64d {_OLS}", _resnext29,
+                                   cardinality=2, width=64)
+resnext29_32x4d = register_variant("resnext29_32x4d", f"CIFAR ResNeXt-29 32x4d {_OLS}", _resnext29,
+                                   cardinality=32, width=4)

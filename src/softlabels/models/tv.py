@@ -44,7 +44,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..registry import MODELS
-from .base import Classifier, ModelOutput, _tv_models
+from .base import Classifier, ModelOutput, _tv_models, register_variant
 
 
 class FeaturesClassifier(Classifier):
@@ -135,7 +135,16 @@ def _new_conv(old: nn.Conv2d, in_channels: int, fan_mode: str = "fan_out", **ove
 _DENSENET_ENDS = ("denseblock1", "denseblock2", "denseblock3", "norm5")
 
 
-def _densenet(arch, num_classes, in_channels, stem, drop_rate, memory_efficient):
+def _densenet(
+    num_classes: int,
+    in_channels: int = 3,
+    stem: Literal["imagenet", "cifar"] = "imagenet",
+    drop_rate: float = 0.0,
+    memory_efficient: bool = False,
+    *,
+    arch: str,
+) -> FeaturesClassifier:
+    """torchvision's DenseNet ``arch``; the options of every registered DenseNet."""
     if stem not in ("imagenet", "cifar"):
         raise ValueError(f"stem must be 'imagenet' or 'cifar', got {stem!r}")
     net = getattr(_tv_models(), arch)(
@@ -155,33 +164,34 @@ def _densenet(arch, num_classes, in_channels, stem, drop_rate, memory_efficient)
 
 
 _DENSE_STEM = "stem 'imagenet' or 'cifar' (3×3/1 conv0, no pool0)"
+_DENSE_DOC = "drop_rate: torchvision's dropout after each dense layer; memory_efficient: checkpointing."
+
+densenet121 = register_variant(
+    "densenet121", f"DenseNet-121 (Huang et al. 2017, torchvision), 4 stages, {_DENSE_STEM}",
+    _densenet, _DENSE_DOC, arch="densenet121")
+densenet161 = register_variant(
+    "densenet161", f"DenseNet-161 (Huang et al. 2017, torchvision), 4 stages, {_DENSE_STEM}",
+    _densenet, _DENSE_DOC, arch="densenet161")
 
 
-@MODELS.register("densenet121", f"DenseNet-121 (Huang et al. 2017, torchvision), 4 stages, {_DENSE_STEM}")
-def densenet121(
-    num_classes: int,
-    in_channels: int = 3,
-    stem: Literal["imagenet", "cifar"] = "imagenet",
-    drop_rate: float = 0.0,
-    memory_efficient: bool = False,
-) -> FeaturesClassifier:
-    """drop_rate: torchvision's dropout after each dense layer; memory_efficient: checkpointing."""
-    return _densenet("densenet121", num_classes, in_channels, stem, drop_rate, memory_efficient)
+# ------------------------------------------------------------------- MobileNetV2, EfficientNet
 
 
-@MODELS.register("densenet161", f"DenseNet-161 (Huang et al. 2017, torchvision), 4 stages, {_DENSE_STEM}")
-def densenet161(
-    num_classes: int,
-    in_channels: int = 3,
-    stem: Literal["imagenet", "cifar"] = "imagenet",
-    drop_rate: float = 0.0,
-    memory_efficient: bool = False,
-) -> FeaturesClassifier:
-    """drop_rate: torchvision's dropout after each dense layer; memory_efficient: checkpointing."""
-    return _densenet("densenet161", num_classes, in_channels, stem, drop_rate, memory_efficient)
+def _strided_stem_classifier(net: nn.Module, ends: Sequence[int], num_classes: int, in_channels: int,
+                             stem: str, dropout: float, second_conv) -> FeaturesClassifier:
+    """The FeaturesClassifier of a torchvision MobileNetV2/EfficientNet ``net`` (head: its
+    ``classifier[1]``): a fresh first convolution for ``in_channels != 3``; ``stem="cifar"``:
+    stride 1 in the first convolution and in ``second_conv(features)`` (the depthwise conv of
+    the first 24-channel block)."""
+    feats = net.features
+    first = feats[0][0]
+    if in_channels != 3:
+        first = feats[0][0] = _new_conv(first, in_channels)
+    if stem == "cifar":
+        first.stride = (1, 1)
+        second_conv(feats).stride = (1, 1)
+    return FeaturesClassifier(feats, ends, num_classes, in_channels, dropout=dropout, head=net.classifier[1])
 
-
-# ------------------------------------------------------------------------------ MobileNetV2
 
 _MOBILENET_ENDS = (1, 3, 6, 13, 18)
 
@@ -203,85 +213,42 @@ def mobilenet_v2(
     net = _tv_models().mobilenet_v2(
         weights=None, num_classes=num_classes, width_mult=width_mult, dropout=dropout
     )
-    feats = net.features
-    first = feats[0][0]
-    if in_channels != 3:
-        first = feats[0][0] = _new_conv(first, in_channels)
-    if stem == "cifar":
-        first.stride = (1, 1)
-        feats[2].conv[1][0].stride = (1, 1)
-    return FeaturesClassifier(
-        feats, _MOBILENET_ENDS, num_classes, in_channels, dropout=dropout, head=net.classifier[1]
-    )
+    return _strided_stem_classifier(net, _MOBILENET_ENDS, num_classes, in_channels, stem, dropout,
+                                    lambda feats: feats[2].conv[1][0])
 
-
-# ----------------------------------------------------------------------------- EfficientNet
 
 _EFFICIENTNET_ENDS = (1, 2, 3, 5, 8)
 
 
-def _efficientnet(arch, num_classes, in_channels, stem, dropout, stochastic_depth):
+def _efficientnet(
+    num_classes: int,
+    in_channels: int = 3,
+    stem: Literal["imagenet", "cifar"] = "imagenet",
+    dropout: float = 0.2,
+    stochastic_depth: float = 0.2,
+    *,
+    arch: str,
+) -> FeaturesClassifier:
+    """torchvision's EfficientNet ``arch``; the options of every registered EfficientNet."""
     if stem not in ("imagenet", "cifar"):
         raise ValueError(f"stem must be 'imagenet' or 'cifar', got {stem!r}")
     net = getattr(_tv_models(), arch)(
         weights=None, num_classes=num_classes, dropout=dropout, stochastic_depth_prob=stochastic_depth
     )
-    feats = net.features
-    first = feats[0][0]
-    if in_channels != 3:
-        first = feats[0][0] = _new_conv(first, in_channels)
-    if stem == "cifar":
-        first.stride = (1, 1)
-        feats[2][0].block[1][0].stride = (1, 1)
-    return FeaturesClassifier(
-        feats, _EFFICIENTNET_ENDS, num_classes, in_channels, dropout=dropout, head=net.classifier[1]
-    )
+    return _strided_stem_classifier(net, _EFFICIENTNET_ENDS, num_classes, in_channels, stem, dropout,
+                                    lambda feats: feats[2][0].block[1][0])
 
 
 _EFF = "(Tan & Le 2019, torchvision), 5 stages; stem 'cifar' = stride 1 in the first conv and the first 24-ch block"
 
-
-@MODELS.register("efficientnet_b0", f"EfficientNet-B0 {_EFF}")
-def efficientnet_b0(
-    num_classes: int,
-    in_channels: int = 3,
-    stem: Literal["imagenet", "cifar"] = "imagenet",
-    dropout: float = 0.2,
-    stochastic_depth: float = 0.2,
-) -> FeaturesClassifier:
-    return _efficientnet("efficientnet_b0", num_classes, in_channels, stem, dropout, stochastic_depth)
-
-
-@MODELS.register("efficientnet_b1", f"EfficientNet-B1 {_EFF}")
-def efficientnet_b1(
-    num_classes: int,
-    in_channels: int = 3,
-    stem: Literal["imagenet", "cifar"] = "imagenet",
-    dropout: float = 0.2,
-    stochastic_depth: float = 0.2,
-) -> FeaturesClassifier:
-    return _efficientnet("efficientnet_b1", num_classes, in_channels, stem, dropout, stochastic_depth)
-
-
-@MODELS.register("efficientnet_b2", f"EfficientNet-B2 {_EFF}")
-def efficientnet_b2(
-    num_classes: int,
-    in_channels: int = 3,
-    stem: Literal["imagenet", "cifar"] = "imagenet",
-    dropout: float = 0.3,
-    stochastic_depth: float = 0.2,
-) -> FeaturesClassifier:
-    return _efficientnet("efficientnet_b2", num_classes, in_channels, stem, dropout, stochastic_depth)
-
-
-@MODELS.register("efficientnet_b7", f"EfficientNet-B7 (OLS Table VI) {_EFF}")
-def efficientnet_b7(
-    num_classes: int,
-    in_channels: int = 3,
-    stem: Literal["imagenet", "cifar"] = "imagenet",
-    dropout: float = 0.5,
-    stochastic_depth: float = 0.2,
-) -> FeaturesClassifier:
-    """torchvision's B7 defaults (dropout 0.5); 66,347,960 parameters for 1000 classes (the
-    number torchvision documents for its ImageNet weights); 600×600 is its native input size."""
-    return _efficientnet("efficientnet_b7", num_classes, in_channels, stem, dropout, stochastic_depth)
+efficientnet_b0 = register_variant("efficientnet_b0", f"EfficientNet-B0 {_EFF}", _efficientnet,
+                                   arch="efficientnet_b0", dropout=0.2)
+efficientnet_b1 = register_variant("efficientnet_b1", f"EfficientNet-B1 {_EFF}", _efficientnet,
+                                   arch="efficientnet_b1", dropout=0.2)
+efficientnet_b2 = register_variant("efficientnet_b2", f"EfficientNet-B2 {_EFF}", _efficientnet,
+                                   arch="efficientnet_b2", dropout=0.3)
+efficientnet_b7 = register_variant(
+    "efficientnet_b7", f"EfficientNet-B7 (OLS Table VI) {_EFF}", _efficientnet,
+    "torchvision's B7 defaults (dropout 0.5); 66,347,960 parameters for 1000 classes (the\n"
+    "number torchvision documents for its ImageNet weights); 600×600 is its native input size.",
+    arch="efficientnet_b7", dropout=0.5)
