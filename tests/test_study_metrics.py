@@ -226,3 +226,23 @@ def test_uniform_snapshot_epochs():
     kept = set(study.base["train"]["snapshot_epochs"])
     for n in (6, 10, 15, 20):
         assert set(uniform_snapshot_epochs(300, n)) <= kept
+
+
+def test_jobs_compute_the_attacks_in_each_runs_own_process(tmp_path, capsys, monkeypatch):
+    """With --jobs 2 each run's child process attacks its model right after training; the table
+    build in the parent only reads the cache."""
+    p = study_file(tmp_path, "j", metrics=["top1_error", "fgsm_top1_error", "pgd_top1_error"], human=None)
+    d = yaml.safe_load(p.read_text())
+    d["base"]["train"] = {"epochs": 1}
+    d["rows"].append({"label": "LS", "method": "ls"})
+    p.write_text(yaml.safe_dump(d))
+    count = Counter(monkeypatch)
+    out = tmp_path / "out"
+    assert main(["study", str(p), "--out", str(out), "--no-progress", "--device", "cpu", "--jobs", "2"]) == 0, \
+        capsys.readouterr().err
+    assert count.n("attack_metrics") == 0
+    for row in ("ce", "ls"):
+        cache = json.loads((out / row / "d" / "seed0" / "study_metrics.json").read_text())
+        assert sorted(k.split("@")[0] for k in cache) == ["fgsm", "pgd"]
+    cells = json.loads((out / "table.json").read_text())["cells"]
+    assert all(c["mean"] is not None for c in cells)

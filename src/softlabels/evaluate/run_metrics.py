@@ -290,9 +290,14 @@ def _attack_blocks(run: _Run, cache: _Cache, attacks: Sequence[str], options: Ma
             for a in attacks}
     todo = [a for a in attacks if cache.get(keys[a]) is None]
     if todo:
+        import sys
+
         from . import robustness
 
         cfg, data, model, dev, _ = run.loaded
+        print(f"softlabels: {run.run_dir}: {' and '.join(a.upper() for a in todo)} on "
+              f"{'every' if samples is None else f'the first {samples}'} test image(s) ({dev})",
+              file=sys.stderr, flush=True)
         res = robustness.attack_metrics(model, run.outputs["loader"], data.dataset.mean, data.dataset.std,
                                         attacks=[specs[a] for a in todo], num_classes=data.num_classes,
                                         seed=seed, device=dev, max_samples=samples)
