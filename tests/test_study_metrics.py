@@ -246,3 +246,18 @@ def test_jobs_compute_the_attacks_in_each_runs_own_process(tmp_path, capsys, mon
         assert sorted(k.split("@")[0] for k in cache) == ["fgsm", "pgd"]
     cells = json.loads((out / "table.json").read_text())["cells"]
     assert all(c["mean"] is not None for c in cells)
+
+
+@pytest.mark.parametrize("name", ["ols-table3", "ols-table8", "ols-table9", "ols-table12", "ols-fig5"])
+def test_ols_studies_dry_runs_miss_only_files(name, tmp_path):
+    """OLS's tables of attacks, snapshot ensembles, CIFAR-10H and noisy fit: every metric can be
+    produced; only the data (and CIFAR-10H's file) are missing from an empty data root."""
+    from softlabels.study import resolve_study
+
+    empty = tmp_path / "nodata"
+    empty.mkdir()
+    chk = check_plan(plan_study(load_study(resolve_study(name)), tmp_path / "o", data_root=str(empty)),
+                     throughput=1000.0)
+    assert chk.missing and all(m.startswith(("dataset ", "human-labels file ")) for m in chk.missing), chk.missing
+    assert any(m.startswith(f"human-labels file {empty}/cifar10h/cifar10h-probs.npy") for m in chk.missing) == \
+        (name == "ols-table12")

@@ -71,6 +71,8 @@ KNOWN_METRICS = TEST_METRICS + DERIVED + OUTPUT_METRICS
 def known_metric(name: str) -> bool:
     """Whether the runner can produce metric ``name``."""
     return name in KNOWN_METRICS or _run_metrics.family(name) is not None
+
+
 # metrics counted against the compare_to row's run of the same column and seed
 PAIRED_METRICS = ("samples_fixed", "net_fixed")
 
@@ -1409,7 +1411,10 @@ def precompute_metrics(spec: RunSpec, plan: Plan, rt) -> None:
     if res is None or res.get("collapsed"):
         return
     errs: List[str] = []
-    study_run_metrics(plan, spec, device=rt.device, errors=errs)
+    try:
+        study_run_metrics(plan, spec, device=rt.device, errors=errs)
+    except Exception as exc:  # noqa: BLE001  the run itself finished; the table build tries again
+        errs.append(f"{spec.id}: {type(exc).__name__}: {(str(exc).splitlines() or [''])[0]}")
     for e in errs:
         print(f"softlabels: warning: {e} (the table build tries again)", file=sys.stderr)
 

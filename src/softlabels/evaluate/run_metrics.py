@@ -245,9 +245,17 @@ class _Run:
     @property
     def loaded(self):
         if self._loaded is None:
+            import torch
+
+            from ..engine.runs import RunDir
             from .run import load_run_model
 
-            self._loaded = load_run_model(self.run_dir, self.name, self.device)
+            dev = self.device
+            if dev is None:  # the run's train.device; its CUDA is not required to read it back
+                dev = RunDir(self.run_dir).config().train.device
+                if str(dev).startswith("cuda") and not torch.cuda.is_available():
+                    dev = "cpu"
+            self._loaded = load_run_model(self.run_dir, self.name, str(dev))
         return self._loaded
 
     @property
@@ -365,7 +373,8 @@ def run_metrics(run_dir, which: str, metrics: Sequence[str], options: Optional[M
     cached), and the one-line errors of those that could not be computed (their value None).
 
     ``options``: the merged ``metric_options`` (:func:`merge_options`, ``{data_root}``
-    replaced). ``device``: where models run (None: the run's ``train.device``). ``smoke``: a
+    replaced). ``device``: where models run (None: the run's ``train.device``, the CPU when
+    that is CUDA and there is none). ``smoke``: a
     ``--smoke`` run: a missing human-labels file leaves ``cifar10h_kl`` empty without error, and
     snapshot counts above the (one-epoch) schedule use the distinct epochs there are."""
     options = merge_options(options or {})
