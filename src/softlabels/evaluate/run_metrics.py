@@ -240,7 +240,7 @@ class _Run:
         self.run_dir, self.device = Path(run_dir), device
         self.name = RunDir(run_dir).resolve_checkpoint(which)
         self.id = checkpoint_id(self.run_dir, self.name)
-        self._loaded = self._outputs = None
+        self._loaded = self._outputs = self._loader = None
 
     @property
     def loaded(self):
@@ -257,6 +257,18 @@ class _Run:
                     dev = "cpu"
             self._loaded = load_run_model(self.run_dir, self.name, str(dev))
         return self._loaded
+
+    @property
+    def loader(self):
+        """The test split's loader (no pass over it unless the outputs were needed anyway)."""
+        if self._outputs is not None:
+            return self._outputs["loader"]
+        if self._loader is None:
+            from ..data.prepare import build_loaders
+
+            cfg, data, model, dev, _ = self.loaded
+            self._loader = build_loaders(data, cfg.data, device=dev, seed=0, rank=0, world=1, channels_last=False)[2]
+        return self._loader
 
     @property
     def outputs(self) -> dict:
@@ -306,7 +318,7 @@ def _attack_blocks(run: _Run, cache: _Cache, attacks: Sequence[str], options: Ma
         print(f"softlabels: {run.run_dir}: {' and '.join(a.upper() for a in todo)} on "
               f"{'every' if samples is None else f'the first {samples}'} test image(s) ({dev})",
               file=sys.stderr, flush=True)
-        res = robustness.attack_metrics(model, run.outputs["loader"], data.dataset.mean, data.dataset.std,
+        res = robustness.attack_metrics(model, run.loader, data.dataset.mean, data.dataset.std,
                                         attacks=[specs[a] for a in todo], num_classes=data.num_classes,
                                         seed=seed, device=dev, max_samples=samples)
         for a in todo:
@@ -326,7 +338,7 @@ def _snapshot_block(run: _Run, cache: _Cache, n: int, allow_fewer: bool) -> dict
     got = cache.get(key)
     if got is None:
         cfg, data, model, dev, _ = run.loaded
-        res = ensemble.snapshot_metrics(run.run_dir, run.outputs["loader"], data.num_classes, device=dev,
+        res = ensemble.snapshot_metrics(run.run_dir, run.loader, data.num_classes, device=dev,
                                         epochs=picked)
         got = {**res["mean_softmax"], "epochs": picked}
         cache.put(key, got)
