@@ -148,6 +148,13 @@ def test_checkpoint_metrics_end_to_end_cached_and_checked_by_hand(tmp_path, caps
     table = build_table(plan)
     assert count.n("human_labels_kl") == 2 and count.n("attack_metrics") == 2 and count.n("snapshot_metrics") == 1
     assert not table.errors
+    # another snapshot set is another ensemble: one snapshot (the final model) = the final model's error
+    plan = plan_study(load_study(study_file(tmp_path, "m1", metrics=["top1_error", "snapshot1_top1_error"])), out,
+                      data_root=str(root))
+    table = build_table(plan)
+    assert count.n("snapshot_metrics") == 2 and not table.errors
+    cell = next(iter(table.cells.values()))
+    assert cell.values["snapshot1_top1_error"][0] == pytest.approx(cell.values["top1_error"][0])
 
     # the eval analyses go through the same functions
     assert main(["eval", str(run), "--analyses", "robustness,human", "--max-adversarial", "33",
