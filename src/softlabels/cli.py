@@ -421,6 +421,8 @@ def cmd_study(args) -> int:
         first = status[failed[0]]
         raise SoftlabelsError(f"study {study.name}: {len(failed)} run(s) did not finish "
                               f"(first: {failed[0]}: {first['error']}); the table marks them missing")
+    if table.errors:  # a metric of finished runs could not be computed (a missing human-labels file, ...)
+        raise SoftlabelsError(f"study {study.name}: {len(table.errors)} metric value(s) missing: {table.errors[0]}")
     return 0
 
 

@@ -32,14 +32,15 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 from .config import RunConfig, _deepcopy, _merge, apply_overrides, config_from_dict, load_yaml
 from .errors import ConfigError, SoftlabelsError
+from .evaluate import run_metrics as _run_metrics
 
 STUDIES_DIR = Path(__file__).resolve().parent / "studies"
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")   # column keys and teacher names (folder names)
 PAPERS = ("jgl", "focusnet", "kt", "cskd", "ols", "none")
 TOP_KEYS = {"title", "paper", "source", "metrics", "seeds", "report", "notes", "base", "columns",
-            "teachers", "rows", "compare_to"}
+            "teachers", "rows", "compare_to", "metric_options"}
 REQUIRED_TOP = ("title", "paper", "source", "metrics", "columns", "rows")
-COLUMN_KEYS = {"label", "config", "overrides", "resources"}
+COLUMN_KEYS = {"label", "config", "overrides", "resources", "metric_options"}
 TEACHER_KEYS = {"config", "overrides", "weights", "model", "row", "checkpoint"}
 ROW_KEYS = {"label", "method", "options", "weights", "overrides", "config", "teachers",
             "teacher_checkpoint", "columns", "only", "paper", "sweep", "ensemble"}
@@ -58,16 +59,20 @@ DERIVED_INFO = {
     "train_params_m": ("train params (M)", True), "train_flops_g": ("train FLOPs (G)", True),
     "train_top1_error": ("train top-1 err (%)", True),
     "samples_fixed": ("fixed vs ref.", False), "net_fixed": ("net fixed vs ref.", False),
-    # from the test split's penultimate features and softmax, computed once per run (_output_metrics)
-    "recall_at_1": ("R@1 (%)", False), "intra_variance": ("intra-class var.", True),
-    "inter_distance": ("inter-class dist.", False), "true_class_prob_median": ("p(true) median", False),
-    "true_class_prob_q1": ("p(true) Q1", False), "true_class_prob_q3": ("p(true) Q3", False),
 }
-#: metrics of the model's outputs on the test split (cached in RUN_DIR/study_metrics.json)
-OUTPUT_METRICS = ("recall_at_1", "intra_variance", "inter_distance", "true_class_prob_median",
-                  "true_class_prob_q1", "true_class_prob_q3")
+#: metrics computed from a run's checkpoints and cached in RUN_DIR/study_metrics.json
+#: (evaluate.run_metrics): the test outputs' OUTPUT_METRICS, and the families fgsm_<m>, pgd_<m>,
+#: snapshot<N>_<m>, cifar10h_kl and noisy_fit_error (run_metrics.family)
+OUTPUT_METRICS = _run_metrics.OUTPUT_METRICS
 DERIVED = tuple(DERIVED_INFO)
-KNOWN_METRICS = TEST_METRICS + DERIVED
+KNOWN_METRICS = TEST_METRICS + DERIVED + OUTPUT_METRICS
+
+
+def known_metric(name: str) -> bool:
+    """Whether the runner can produce metric ``name``."""
+    return name in KNOWN_METRICS or _run_metrics.family(name) is not None
+
+
 # metrics counted against the compare_to row's run of the same column and seed
 PAIRED_METRICS = ("samples_fixed", "net_fixed")
 
@@ -110,6 +115,7 @@ class Column:
     config: dict
     overrides: List[str]
     resources: dict = field(default_factory=dict)   # launch.RESOURCE_KEYS: gpus, time, mem, cpus
+    metric_options: dict = field(default_factory=dict)   # over the study's (evaluate.run_metrics)
 
 
 @dataclass
@@ -158,6 +164,7 @@ class Study:
     teachers: Dict[str, Teacher]
     rows: List[Row]
     compare_to: Optional[str] = None
+    metric_options: dict = field(default_factory=dict)   # evaluate.run_metrics.check_options
 
     def row(self, label: str) -> Row:
         for r in self.rows:
@@ -284,6 +291,8 @@ def load_study(path) -> Study:
                               _str_list(w, f"{at}.overrides", c.get("overrides")))
         from .launch import check_resources
         columns[key].resources = check_resources(c.get("resources"), f"{path.name}: {at}.resources")
+        columns[key].metric_options = _run_metrics.check_options(c.get("metric_options"),
+                                                                 f"{path.name}: {at}.metric_options")
 
     raw_rows = data["rows"]
     if not isinstance(raw_rows, list) or not raw_rows:
@@ -416,7 +425,8 @@ def load_study(path) -> Study:
         raise w.err("compare_to", f"{compare_to!r} is not the label of a row")
     name = path.stem
     return Study(name, path, title, paper, source, list(metrics), seeds, report, notes, base, columns,
-                 teachers, rows, compare_to)
+                 teachers, rows, compare_to,
+                 _run_metrics.check_options(data.get("metric_options"), f"{path.name}: metric_options"))
 
 
 def _paper_value(w: _Where, where: str, v, metrics: set) -> Dict[str, Tuple[float, Optional[float]]]:
@@ -934,7 +944,7 @@ def check_plan(plan: Plan, *, throughput: Optional[float] = None, device: Option
 
     chk = Check()
     for m in plan.study.metrics:
-        if m not in KNOWN_METRICS:
+        if not known_metric(m):
             chk.miss(f"metric {m}: the runner cannot produce it yet (docs/studies.md lists those it can)")
         if m in PAIRED_METRICS and plan.study.compare_to is None:
             chk.miss(f"metric {m}: needs compare_to (the row whose run of the same column and seed is the reference)")
@@ -1031,6 +1041,7 @@ def check_plan(plan: Plan, *, throughput: Optional[float] = None, device: Option
         rate = chk.throughput[mkey][0]
         factor = cost.get(spec.id, 1.0 + 0.35 * len(spec.teachers))
         eval_imgs = evals * (n_train * cfg.data.val_fraction + shape[4]) / 3.0
+        eval_imgs += _check_run_metrics(plan, spec, chk, shape)
         chk.seconds[spec.id] = (imgs * factor + eval_imgs) / rate if rate == rate and rate > 0 else float("nan")
     return chk
 
@@ -1217,7 +1228,9 @@ def execute_run(spec: RunSpec, plan: Plan, rt, progress=None) -> Tuple[str, dict
     if spec.kind == "ensemble":
         return "done", evaluate_ensemble(spec, runs, rt)
     teachers = _teacher_models(spec, runs)
-    return "done", train_or_reuse(spec.cfg, spec.run_dir, rt, teachers=teachers, progress=progress)
+    result = train_or_reuse(spec.cfg, spec.run_dir, rt, teachers=teachers, progress=progress)
+    precompute_metrics(spec, plan, rt)   # the study's checkpoint metrics, in the run's own process
+    return "done", result
 
 
 def run_plan(plan: Plan, *, device: Optional[str] = None, show_progress: bool = True, stream=None,
@@ -1282,7 +1295,7 @@ def run_plan(plan: Plan, *, device: Optional[str] = None, show_progress: bool = 
 def _metric_info(metric: str):
     from .evaluate.metrics import METRIC_INFO
 
-    return METRIC_INFO.get(metric) or DERIVED_INFO.get(metric) or (metric, True)
+    return METRIC_INFO.get(metric) or DERIVED_INFO.get(metric) or _run_metrics.metric_info(metric) or (metric, True)
 
 
 def metric_display(metric: str) -> str:
@@ -1365,34 +1378,104 @@ def _fixed_vs(plan: Plan, rid: str, ref_id: str, which: str, metric: str) -> Opt
     return float(fixed if metric == "samples_fixed" else fixed - broken)
 
 
-def _output_metrics(spec: RunSpec, which: str) -> Dict[str, float]:
-    """Metrics of the reported checkpoint's outputs on the test split, computed once and cached
-    in ``RUN_DIR/study_metrics.json`` (keyed by checkpoint): ``recall_at_1`` (CS-KD Table 6: the
-    percentage of test samples whose nearest other test sample in penultimate-feature space has
-    their class, evaluate.features.recall_at_k), ``intra_variance`` / ``inter_distance`` (JGL
-    Table III, evaluate.features.class_distances) and the quartiles of the softmax probability of
-    the true class (JGL Fig. 4's box plots)."""
-    import torch
+def metric_options(plan: Plan, column: str) -> dict:
+    """The ``metric_options`` of a column's runs: the defaults (evaluate.run_metrics), the
+    study's, the column's, with ``{data_root}`` replaced."""
+    return _subst(_run_metrics.merge_options(plan.study.metric_options, plan.study.columns[column].metric_options),
+                  plan.data_root)
 
-    from .engine.checkpoint import atomic_write_text
-    from .evaluate.analyze import split_outputs
-    from .evaluate.features import class_distances, recall_at_k
-    from .evaluate.run import load_run_model
 
-    cache = spec.run_dir / "study_metrics.json"
-    got = _read_json(cache) or {}
-    if which not in got:
-        cfg, data, model, dev, _ = load_run_model(spec.run_dir, which, "cpu")
-        out = split_outputs(model, data, cfg.data, "test", dev, where=str(spec.run_dir))
-        emb, y, z = out["embeddings"], out["labels"], out["logits"]
-        p_true = torch.softmax(z.double(), dim=1).gather(1, y[:, None]).squeeze(1)
-        q1, med, q3 = torch.quantile(p_true, torch.tensor([0.25, 0.5, 0.75], dtype=torch.float64)).tolist()
-        dist = class_distances(emb, y)
-        got[which] = {"recall_at_1": recall_at_k(emb, y, (1,))["recall@1"],
-                      "intra_variance": float(dist["intra_variance"]), "inter_distance": float(dist["inter_distance"]),
-                      "true_class_prob_median": med, "true_class_prob_q1": q1, "true_class_prob_q3": q3}
-        atomic_write_text(cache, json.dumps(got))
-    return got[which]
+def study_run_metrics(plan: Plan, spec: RunSpec, device=None, errors: Optional[List[str]] = None) -> Dict[str, Optional[float]]:
+    """The study's metrics of one finished training run that come from its checkpoints
+    (evaluate.run_metrics: test-output metrics, attacks, snapshot ensembles, CIFAR-10H KL, noisy
+    fit), read from ``RUN_DIR/study_metrics.json`` or computed and cached. What cannot be
+    computed is None, its one-line reason appended to ``errors``."""
+    names = [m for m in plan.study.metrics if _run_metrics.family(m) is not None]
+    if not names:
+        return {}
+    values, errs = _run_metrics.run_metrics(spec.run_dir, plan.study.report, names, metric_options(plan, spec.column),
+                                            device=device, smoke=plan.smoke)
+    if errors is not None:
+        errors += [f"{spec.id}: {e}" for e in errs]
+    return values
+
+
+def precompute_metrics(spec: RunSpec, plan: Plan, rt) -> None:
+    """Right after a run trained (in its own process under ``--jobs``): compute and cache its
+    checkpoint metrics (:func:`study_run_metrics`), so that the attacks of many runs go in
+    parallel and the table build only reads them. A failure is a warning here; the table
+    build tries again and reports it."""
+    if spec.kind != "train" or not getattr(rt, "is_main", True):
+        return
+    res = _read_json(result_file(spec))
+    if res is None or res.get("collapsed"):
+        return
+    errs: List[str] = []
+    try:
+        study_run_metrics(plan, spec, device=rt.device, errors=errs)
+    except Exception as exc:  # noqa: BLE001  the run itself finished; the table build tries again
+        errs.append(f"{spec.id}: {type(exc).__name__}: {(str(exc).splitlines() or [''])[0]}")
+    for e in errs:
+        print(f"softlabels: warning: {e} (the table build tries again)", file=sys.stderr)
+
+
+def _check_run_metrics(plan: Plan, spec: RunSpec, chk: "Check", shape) -> float:
+    """The dry run's checks of the study's checkpoint metrics for one training run (snapshot
+    epochs kept, label noise on, the human-labels file there and of the test split's shape);
+    returns the extra work in training-image equivalents (attack steps, snapshot passes) for
+    the time estimate."""
+    from .evaluate.ensemble import uniform_snapshot_epochs
+    from .evaluate.human import load_cifar10h
+
+    cfg = spec.cfg
+    opts = metric_options(plan, spec.column)
+    k, n_test = shape[0], shape[4]
+    attacks, snapshots = set(), set()
+    for m in plan.study.metrics:
+        fam = _run_metrics.family(m)
+        kind = fam[0] if fam else None
+        if kind == "attack":
+            attacks.add(fam[1]["attack"])
+        elif kind == "snapshots":
+            n, epochs = fam[1]["n"], cfg.train.epochs
+            snapshots.add(n)
+            if plan.smoke:
+                continue
+            if n > epochs:
+                chk.miss(f"{spec.where}: metric {m}: {n} snapshots need train.epochs >= {n}")
+                continue
+            want = uniform_snapshot_epochs(epochs, n)
+            lacking = [e for e in want if e != epochs and e not in cfg.train.snapshot_epochs]
+            if lacking:
+                chk.miss(f"{spec.where}: metric {m}: train.snapshot_epochs must keep epochs "
+                         f"{', '.join(map(str, lacking))} (the {n} uniform snapshots: {want})")
+        elif kind == "noisy" and not cfg.data.label_noise > 0:
+            chk.miss(f"{spec.where}: metric {m}: needs training-label noise (data.label_noise > 0)")
+        elif kind == "human":
+            path = opts.get("human_labels")
+            if not path:
+                chk.miss(f"metric {m}: set metric_options.human_labels to the CIFAR-10H file "
+                         f"(e.g. {{data_root}}/cifar10h/cifar10h-probs.npy)")
+                continue
+            desc = f"human labels {path}"
+            if desc in chk.data:
+                continue
+            p = Path(path).expanduser()
+            if not p.is_file():
+                chk.data[desc] = "MISSING"
+                if not plan.smoke:
+                    chk.miss(f"human-labels file {path}: not found (needed by metric {m})")
+                continue
+            try:
+                load_cifar10h(p, shape=(n_test, k)) if not plan.smoke else None
+                chk.data[desc] = "present"
+            except SoftlabelsError as exc:
+                chk.data[desc] = "UNUSABLE"
+                chk.miss(_short(str(exc)))
+    n_att = min(opts.get("attack_samples") or n_test, n_test)
+    steps = sum(1 if a == "fgsm" else opts["pgd"]["steps"] for a in attacks)
+    extra = n_att * (steps + (1 + len(attacks)) / 3.0) if attacks else 0.0
+    return extra + n_test * sum(snapshots) / 3.0
 
 
 def _train_metric(spec: RunSpec, which: str, result: dict) -> Optional[float]:
@@ -1414,6 +1497,7 @@ class Table:
     metrics: List[str]
     cells: Dict[Tuple[str, str], Cell]
     ref_line: Optional[str] = None
+    errors: List[str] = field(default_factory=list)   # metric values that could not be computed
 
     def cell(self, line: Line, col: str) -> Optional[Cell]:
         return self.cells.get((line.key, col))
@@ -1437,6 +1521,7 @@ def build_table(plan: Plan) -> Table:
         ref_line = next((ln.key for ln in plan.lines if ln.row == ref_row.index), None)
     runs = plan.by_id()
     cells: Dict[Tuple[str, str], Cell] = {}
+    errors: List[str] = []
     for line in plan.lines:
         for col, ids in line.cells.items():
             cell = Cell(len(ids), {m: [] for m in study.metrics}, [], paper=_paper_for(study, line, col, main))
@@ -1454,6 +1539,7 @@ def build_table(plan: Plan) -> Table:
                     for m in study.metrics:
                         cell.values[m].append(None)
                     continue
+                extra = study_run_metrics(plan, spec, errors=errors) if spec.kind == "train" else {}
                 for m in study.metrics:
                     if m in PAIRED_METRICS:
                         ref = next((ln for ln in plan.lines if ln.key == ref_line), None)
@@ -1462,13 +1548,12 @@ def build_table(plan: Plan) -> Table:
                         cell.values[m].append(_fixed_vs(plan, rid, ref_id, which, m) if ref_id else None)
                     elif m == "train_top1_error" and spec.kind == "train":
                         cell.values[m].append(_train_metric(spec, which, res))
-                    elif m in OUTPUT_METRICS and spec.kind == "train":
-                        v = _output_metrics(spec, which).get(m)
-                        cell.values[m].append(float(v) if _is_num(v) else None)
+                    elif _run_metrics.family(m) is not None:
+                        cell.values[m].append(extra.get(m))
                     else:
                         cell.values[m].append(metric_of(res, which, m))
             cells[(line.key, col)] = cell
-    return Table(plan, list(study.metrics), cells, ref_line)
+    return Table(plan, list(study.metrics), cells, ref_line, errors)
 
 
 @dataclass

@@ -201,18 +201,11 @@ def _errors(ctx: Context):
 
 @analysis("robustness", "accuracy under FGSM (eps 8/255) and PGD-20 (OLS Tables VIII-IX)", default=False)
 def _robustness(ctx: Context):
-    from .robustness import adversarial_metrics
+    from .robustness import attack_metrics
 
-    limit = int(ctx.options.get("max_adversarial", 1000))
-    batches, seen = [], 0
-    for b in ctx.loader:
-        batches.append(b)
-        seen += len(b)
-        if seen >= limit:
-            break
-    res = adversarial_metrics(ctx.model, batches, ctx.mean, ctx.std, num_classes=len(ctx.class_names),
-                              device=ctx.device)
-    return {"samples": seen, **res}, {}
+    res = attack_metrics(ctx.model, ctx.loader, ctx.mean, ctx.std, num_classes=len(ctx.class_names),
+                         device=ctx.device, max_samples=int(ctx.options.get("max_adversarial", 1000)))
+    return res, {}
 
 
 @analysis("noise", "fit to the noisy training labels over epochs (OLS Fig. 5), for label-noise runs", default=False)
@@ -229,32 +222,24 @@ def _noise(ctx: Context):
 @analysis("snapshots", "snapshot ensemble of checkpoints saved during the run (train.snapshot_epochs; OLS Table III)",
           default=False)
 def _snapshots(ctx: Context):
-    from ..engine.runs import RunDir, load_model_from_run
-    from .ensemble import ensemble_metrics
+    from .ensemble import snapshot_checkpoints, snapshot_metrics
 
-    names = sorted((n for n in RunDir(ctx.run_dir).checkpoint_names() if n[5:].isdigit() and n.startswith("epoch")),
-                   key=lambda s: int(s[5:]))
-    if len(names) < 2:
+    found = len(snapshot_checkpoints(ctx.run_dir))
+    if found < 2:
         raise NotApplicable(f"{ctx.run_dir}: analysis snapshots needs at least two checkpoints/epochN "
-                        f"(train.snapshot_epochs), found {len(names)}")
-    models = [load_model_from_run(ctx.run_dir, n).to(ctx.device) for n in names]
-    res = ensemble_metrics(models, ctx.loader, len(ctx.class_names), device=ctx.device)
-    return {"snapshots": names, **res}, {}
+                            f"(train.snapshot_epochs), found {found}")
+    return snapshot_metrics(ctx.run_dir, ctx.loader, len(ctx.class_names), device=ctx.device), {}
 
 
 @analysis("human", "KL divergence to CIFAR-10H human label distributions on correct samples (needs --human-labels)",
           default=False)
 def _human(ctx: Context):
-    from .human import human_kl, load_cifar10h
+    from .human import human_labels_kl
 
     path = ctx.options.get("human_labels")
     if not path:
         raise NotApplicable("analysis human: give the CIFAR-10H counts or probs file with --human-labels PATH")
-    human = load_cifar10h(path)
-    if human.shape[0] != ctx.labels.shape[0] or len(ctx.class_names) != 10:
-        raise DataError(f"{path}: CIFAR-10H has 10,000 × 10 labels; this run's split has "
-                        f"{ctx.labels.shape[0]} samples of {len(ctx.class_names)} classes (use a cifar10 test split)")
-    return human_kl(ctx.logits, ctx.labels, human), {}
+    return human_labels_kl(path, ctx.logits, ctx.labels), {}
 
 
 @analysis("or_maps", "orthogonal-loss attention maps of ensemble members (needs --members RUN_DIR...)", default=False)

@@ -12,14 +12,17 @@ Two ways of combining the members are reported next to each member's own figures
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
 
+from ..errors import DataError
 from .metrics import classification_metrics
 
-__all__ = ["ensemble_predictions", "combine_mean_softmax", "combine_sum_logits", "ensemble_metrics"]
+__all__ = ["ensemble_predictions", "combine_mean_softmax", "combine_sum_logits", "ensemble_metrics",
+           "uniform_snapshot_epochs", "snapshot_checkpoints", "snapshot_metrics"]
 
 
 def _default_device(models: Sequence[nn.Module]) -> torch.device:
@@ -92,3 +95,59 @@ def ensemble_metrics(models: Sequence[nn.Module], loader, num_classes: Optional[
         "mean_softmax": metrics(combine_mean_softmax(logits)),
         "sum_logits": metrics(combine_sum_logits(logits)),
     }
+
+
+# ------------------------------------------------------------------------------------ snapshots
+def uniform_snapshot_epochs(epochs: int, n: int) -> List[int]:
+    """The epochs of ``n`` snapshots taken uniformly over an ``epochs``-epoch schedule (OLS
+    Table III: "we select models uniformly from the whole training schedule"): ``k·E/N`` for
+    k = 1..N, rounded half up (E/N, 2E/N, …, E). They are ``n`` distinct epochs when
+    ``n <= epochs``; fewer otherwise (the distinct ones, at least epoch 1)."""
+    if epochs < 1 or n < 1:
+        raise ValueError(f"epochs and n must be >= 1, got {epochs} and {n}")
+    return sorted({max(1, (2 * k * epochs + n) // (2 * n)) for k in range(1, n + 1)})
+
+
+def snapshot_checkpoints(run_dir, epochs: Optional[Sequence[int]] = None) -> List[str]:
+    """Checkpoint names of a run's snapshots (``checkpoints/epoch<N>``, kept for
+    ``train.snapshot_epochs``), in epoch order: all of them, or those of ``epochs``. The run's
+    final epoch may come from its ``last`` checkpoint when no ``epoch<N>`` of it was kept.
+    DataError naming the first epoch that was not kept."""
+    import contextlib
+
+    from ..engine.runs import RunDir
+    from ..errors import SoftlabelsError
+
+    rd = RunDir(run_dir)
+    kept = {int(n[5:]): n for n in rd.checkpoint_names() if n.startswith("epoch") and n[5:].isdigit()}
+    if epochs is None:
+        return [kept[e] for e in sorted(kept)]
+    last_epoch = None
+    with contextlib.suppress(SoftlabelsError):
+        last_epoch = rd.results()["last"]["epoch"]
+    names = []
+    for e in epochs:
+        if e in kept:
+            names.append(kept[e])
+        elif e == last_epoch and "last" in rd.checkpoint_names():
+            names.append("last")
+        else:
+            raise DataError(f"{run_dir}: no snapshot of epoch {e} (kept: {sorted(kept) or 'none'}; "
+                            f"train.snapshot_epochs must list it)")
+    return names
+
+
+def snapshot_metrics(run_dir, loader, num_classes: Optional[int] = None, device=None,
+                     epochs: Optional[Sequence[int]] = None) -> Dict[str, object]:
+    """:func:`ensemble_metrics` of a run's snapshots (:func:`snapshot_checkpoints`: every kept
+    one, or those of ``epochs``), plus ``snapshots``: their checkpoint names. The one path of
+    ``softlabels eval --analyses snapshots`` (all kept snapshots) and of a study's
+    ``snapshot<N>_*`` metrics (the N uniform epochs of :func:`uniform_snapshot_epochs`); the
+    ensemble of the paper is ``mean_softmax``."""
+    from ..engine.runs import load_model_from_run
+
+    names = snapshot_checkpoints(run_dir, epochs)
+    if not names:
+        raise DataError(f"{run_dir}: no snapshot checkpoints (train.snapshot_epochs)")
+    models = [load_model_from_run(Path(run_dir), n) for n in names]
+    return {"snapshots": names, **ensemble_metrics(models, loader, num_classes, device=device)}

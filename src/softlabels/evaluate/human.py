@@ -17,20 +17,21 @@ infinite on every image where some class got no human vote).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Dict, Union
+from typing import Dict, Optional, Tuple, Union
 
 import torch
 from torch import Tensor
 
 from ..errors import DataError
 
-__all__ = ["CIFAR10H_SHAPE", "load_cifar10h", "human_kl"]
+__all__ = ["CIFAR10H_SHAPE", "load_cifar10h", "human_kl", "human_labels_kl"]
 
 CIFAR10H_SHAPE = (10000, 10)
 
 
-def load_cifar10h(path: Union[str, Path]) -> Tensor:
-    """Read CIFAR-10H counts or probabilities from a ``.npy`` file into a 10000×10 float64 tensor.
+def load_cifar10h(path: Union[str, Path], shape: Tuple[int, int] = CIFAR10H_SHAPE) -> Tensor:
+    """Read CIFAR-10H counts or probabilities from a ``.npy`` file into a 10000×10 float64 tensor
+    (``shape``: the rows × classes expected instead, for a split of another size).
 
     Accepts ``cifar10h-counts.npy`` or ``cifar10h-probs.npy`` (read with
     ``numpy.load(path, allow_pickle=False)``); values are returned as stored (counts stay
@@ -56,8 +57,9 @@ def load_cifar10h(path: Union[str, Path]) -> Tensor:
         raise DataError(f"CIFAR-10H file {p} is not a single .npy array")
     if arr.dtype.kind not in "iuf":
         raise DataError(f"CIFAR-10H file {p} holds {arr.dtype} values, expected numbers")
-    if tuple(arr.shape) != CIFAR10H_SHAPE:
-        raise DataError(f"CIFAR-10H file {p} has shape {tuple(arr.shape)}, expected {CIFAR10H_SHAPE}")
+    if tuple(arr.shape) != tuple(shape):
+        why = "" if tuple(shape) == CIFAR10H_SHAPE else " (one row per sample of the evaluated split, one column per class)"
+        raise DataError(f"CIFAR-10H file {p} has shape {tuple(arr.shape)}, expected {tuple(shape)}{why}")
     t = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float64))
     if not bool(torch.isfinite(t).all()):
         raise DataError(f"CIFAR-10H file {p} contains NaN or infinite values")
@@ -104,3 +106,13 @@ def human_kl(logits: Tensor, labels: Tensor, human: Tensor) -> Dict[str, float]:
     logp = torch.log_softmax(logits[correct], dim=1)
     kl = (torch.xlogy(h, h) - h * logp).sum(dim=1)
     return {"kl_mean": float(kl.mean()), "count": count}
+
+
+def human_labels_kl(path: Union[str, Path], logits: Tensor, labels: Tensor) -> Dict[str, float]:
+    """:func:`human_kl` of a model's N×K ``logits`` against the human labels file ``path``
+    (CIFAR-10H counts or probabilities: one row per sample of the evaluated split, in its order,
+    one column per class; :func:`load_cifar10h`). The one path of ``softlabels eval --analyses
+    human`` and of a study's ``cifar10h_kl``. DataError (one line naming the file) when it is
+    missing, unreadable or not N×K."""
+    n, k = int(logits.shape[0]), int(logits.shape[1])
+    return human_kl(logits, labels, load_cifar10h(path, shape=(n, k)))

@@ -44,7 +44,9 @@ __all__ = [
     "fgsm",
     "pgd",
     "adversarial_metrics",
+    "attack_metrics",
     "noisy_label_fit",
+    "noisy_fit_error",
     "plot_noisy_fit",
 ]
 
@@ -218,6 +220,42 @@ def adversarial_metrics(model: nn.Module, loader: Iterable, mean: Stats, std: St
     return out
 
 
+class _Part:
+    """The first ``n`` samples of a batch (``.x``, ``.y`` and ``len``)."""
+
+    def __init__(self, batch, n: int):
+        self.x, self.y = batch.x[:n], batch.y[:n]
+
+    def __len__(self) -> int:
+        return int(self.y.shape[0])
+
+
+def _first(loader: Iterable, limit: Optional[int]):
+    seen = 0
+    for batch in loader:
+        if limit is not None and seen >= limit:
+            return
+        n = len(batch.y)
+        yield batch if limit is None or seen + n <= limit else _Part(batch, limit - seen)
+        seen += n
+
+
+def attack_metrics(model: nn.Module, loader: Iterable, mean: Stats, std: Stats,
+                   attacks: Sequence[Mapping] = OLS_ATTACKS, num_classes: Optional[int] = None, seed: int = 0,
+                   device=None, max_samples: Optional[int] = None) -> Dict[str, object]:
+    """:func:`adversarial_metrics` on the first ``max_samples`` samples of ``loader`` (``None``:
+    all of them), plus ``samples``: how many were attacked. The one path of ``softlabels eval
+    --analyses robustness`` (first ``--max-adversarial`` test images) and of a study's
+    ``fgsm_*``/``pgd_*`` metrics (the whole test split unless its ``metric_options`` say
+    otherwise)."""
+    if max_samples is not None and max_samples < 1:
+        raise ValueError(f"max_samples must be >= 1 or None, got {max_samples}")
+    batches = list(_first(loader, max_samples))
+    res = adversarial_metrics(model, batches, mean, std, attacks=attacks, num_classes=num_classes, seed=seed,
+                              device=device)
+    return {"samples": sum(len(b.y) for b in batches), **res}
+
+
 # ---------------------------------------------------------------------------- noisy labels
 def noisy_label_fit(records: Sequence[Mapping]) -> Dict[str, List[float]]:
     """Per-epoch noisy-label statistics from metrics.jsonl records (``read_metrics(run_dir)``).
@@ -275,3 +313,14 @@ def plot_noisy_fit(curves: Mapping[str, Mapping], title: Optional[str] = None):
         ax.set_title(title)
     fig.tight_layout()
     return fig
+
+
+def noisy_fit_error(records: Sequence[Mapping], epoch: Optional[int] = None) -> float:
+    """OLS Fig. 5 at one epoch: ``100 − train.noisy_fit`` of that epoch's record (``None``: the
+    last epoch logged), from :func:`noisy_label_fit`. DataError when the run had no label
+    noise or that epoch was not logged."""
+    fit = noisy_label_fit(records)
+    epoch = fit["epochs"][-1] if epoch is None else int(epoch)
+    if epoch not in fit["epochs"]:
+        raise DataError(f"no record of epoch {epoch} has train.noisy_fit (logged: {fit['epochs'][0]}..{fit['epochs'][-1]})")
+    return fit["noisy_error"][fit["epochs"].index(epoch)]
