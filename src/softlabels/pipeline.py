@@ -144,24 +144,6 @@ def _check_distinct(stages: List[Stage], plans: dict, where: str) -> None:
                                   f"seed and teachers); give one of them `seed_offset: 1` to make them independent")
 
 
-def _teacher_entry(spec, where: str) -> dict:
-    """A stage's ``{run: DIR}`` or ``{weights: FILE, model: NAME | {name, options}, options}``
-    teacher as a study teacher (the model's options and the spec's own ``options`` merged)."""
-    if isinstance(spec, dict) and "run" in spec:
-        return {k: v for k, v in (("run", str(spec["run"])), ("checkpoint", spec.get("checkpoint"))) if v is not None}
-    if isinstance(spec, dict) and "weights" in spec and "model" in spec:
-        model = spec["model"]
-        if isinstance(model, dict):
-            if set(model) - {"name", "options"} or "name" not in model:
-                raise ConfigError(f"{where}.model: expected a model name or {{name: NAME, options: {{...}}}}")
-            name, options = model["name"], {**(model.get("options") or {}), **(spec.get("options") or {})}
-        else:
-            name, options = str(model), dict(spec.get("options") or {})
-        return {"weights": str(spec["weights"]), "model": {"name": name, "options": options}}
-    raise ConfigError(f"{where} {spec!r}: expected a stage name, {{run: DIR}} or "
-                      f"{{weights: FILE, model: NAME or {{name, options}}}}")
-
-
 def pipeline_study(path: str, seeds: List[int], extra_overrides: List[str] = ()) -> dict:
     """The pipeline file as a study mapping (docs/study-schema.md): one row per stage (its whole
     config, its ``seed_offset``, its teachers: earlier stages' rows, and study teachers for
@@ -169,6 +151,7 @@ def pipeline_study(path: str, seeds: List[int], extra_overrides: List[str] = ())
     column, and the pipeline folder's layout ``seed<S>/<stage>``. Every stage's config is
     checked here (one ConfigError), and two stages that would train the same run are refused."""
     from .config import resolve_recipe
+    from .engine.runs import teacher_spec
 
     where = Path(path).name
     base, stages = parse_pipeline(load_yaml(resolve_recipe(path), what="pipeline file"), where=where)
@@ -189,7 +172,7 @@ def pipeline_study(path: str, seeds: List[int], extra_overrides: List[str] = ())
             if isinstance(t, str):
                 tnames.append(t)
                 continue
-            entry = _teacher_entry(t, f"{where}: stage {st.name}: teachers[{j}]")
+            entry = teacher_spec(t, f"{where}: stage {st.name}: teachers[{j}]")
             tname = next((k for k, v in teachers.items() if v == entry), None)
             if tname is None:
                 k = len(teachers) + 1
