@@ -1498,6 +1498,9 @@ def run_translated(plan: Plan, text: str, *, launch=None, device: Optional[str] 
     from .engine.checkpoint import atomic_write_text, storage
 
     check_run_dirs(plan)
+    if device is None:  # train.device set in the config (--device cpu): the launcher's device too
+        devices = {r.cfg.train.device for r in plan.runs if r.kind == "train"}
+        device = devices.pop() if len(devices) == 1 and "auto" not in devices else None
     with storage(plan.out):
         plan.out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(plan.study.path, text)
