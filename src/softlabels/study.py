@@ -1192,11 +1192,13 @@ def format_dry_run(plan: Plan, chk: Check, jobs: Optional[int] = None) -> str:
     s = plan.study
     n_lines = len(plan.lines)
     train = [r for r in plan.runs if r.kind == "train"]
+    n_ext = sum(r.kind == "external" for r in plan.runs)
     out = [f"study {s.name}: {s.title}",
            f"  source: {s.source if s.paper == 'none' else s.paper + ' ' + s.source}; metrics: {', '.join(s.metrics)}; reported epoch: {s.report}",
            f"  table: {n_lines} lines × {len(plan.columns)} columns × {len(plan.seeds)} seeds "
            f"(seeds {', '.join(map(str, plan.seeds))}); {len(train)} training runs, "
-           f"{len(plan.runs) - len(train)} ensemble evaluations" + ("; SMOKE (synthetic data, 1 epoch)" if plan.smoke else ""),
+           f"{sum(r.kind == 'ensemble' for r in plan.runs)} ensemble evaluations"
+           + (f", {n_ext} finished run(s) from elsewhere" if n_ext else "") + ("; SMOKE (synthetic data, 1 epoch)" if plan.smoke else ""),
            f"  folder: {plan.out}", "", "runs:"]
     rows = [("run", "dataset", "model", "method", "ep", "images", "est.", "after")]
     for r in plan.runs:
@@ -1255,6 +1257,8 @@ def _set_aside(path: Path) -> None:
 
 # keys that do not change what a run computes: a finished run is reused whatever they are
 RUNTIME_KEYS = {"out_dir", "train.device", "train.threads", "data.workers", "data.eval_batch_size"}
+# RunConfig and its sections: a key the saved run has and the config no longer knows is no difference
+CONFIG_SECTIONS = {"", "data", "model", "method", "optim", "schedule", "train"}
 
 
 def _config_differs(run_dir: Path, cfg: RunConfig) -> Optional[str]:
@@ -1271,6 +1275,10 @@ def _config_differs(run_dir: Path, cfg: RunConfig) -> Optional[str]:
         if isinstance(want, dict):
             if not isinstance(got, dict):
                 return trail
+            if trail not in CONFIG_SECTIONS:  # options, weights: a key only the saved run has differs too
+                extra = sorted(str(k) for k in set(got) - set(want))
+                if extra:
+                    return f"{trail}.{extra[0]}"
             for k, v in want.items():
                 if (f"{trail}.{k}" if trail else k) in RUNTIME_KEYS or k not in got:
                     continue  # a key newer than the saved run keeps its default: not a difference
