@@ -192,6 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     _add_run_options(p)
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides applied to every run")
+
     p = sub.add_parser("eval", help="evaluate a run's checkpoint on a split; with --analyses, the papers' analyses",
                        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=_analyses_epilog())
     p.add_argument("run_dir", nargs="?", help="a run directory written by train, compare or pipeline, or a "
