@@ -354,10 +354,10 @@ def cmd_compare(args) -> int:
         raise ConfigError(f"--baseline {baseline}: not one of the compared methods")
     rules = dict(which=args.which, teacher_method=args.teacher, teacher_model=args.teacher_model,
                  teacher_overrides=teacher_overrides(args.overrides))
-    plan, _ = plan_compare(runs, out, **rules)
+    planned = plan_compare(runs, out, **rules)
     try:
-        _run_or_dry_run(plan, args, lambda launch: run_compare(
-            runs, out, baseline=baseline, show_progress=not args.no_progress, launch=launch, **rules))
+        _run_or_dry_run(planned[0], args, lambda launch: run_compare(
+            runs, out, baseline=baseline, show_progress=not args.no_progress, launch=launch, planned=planned, **rules))
     except KeyboardInterrupt as exc:
         exc.resume_hint = f"rerun the same command with --out {out}"
         raise
@@ -386,10 +386,11 @@ def cmd_pipeline(args) -> int:
         stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
         out = Path("runs") / f"pipeline-{Path(args.file).stem}-{stamp}"
     seeds = _seeds(args)
-    plan, _ = plan_pipeline(args.file, out, seeds, args.overrides)
+    planned = plan_pipeline(args.file, out, seeds, args.overrides)
     try:
-        summary = _run_or_dry_run(plan, args, lambda launch: run_pipeline(
-            args.file, out, seeds, args.overrides, show_progress=not args.no_progress, launch=launch))
+        summary = _run_or_dry_run(planned[0], args, lambda launch: run_pipeline(
+            args.file, out, seeds, args.overrides, show_progress=not args.no_progress, launch=launch,
+            planned=planned))
     except KeyboardInterrupt as exc:
         exc.resume_hint = f"rerun the same command with --out {out}"
         raise

@@ -151,17 +151,19 @@ def plan_compare(runs: List[RunConfig], out: Path, **teacher_rules):
 def run_compare(runs: List[RunConfig], out: Path, *, baseline: Optional[str] = None,
                 which: str = "best", show_progress: bool = True, stream=None,
                 teacher_method: str = "ce", teacher_model: Optional[str] = None,
-                teacher_overrides: Sequence[str] = (), launch=None, device: Optional[str] = None) -> dict:
+                teacher_overrides: Sequence[str] = (), launch=None, device: Optional[str] = None,
+                planned=None) -> dict:
     """Train every (method, seed) run under ``out`` through the study runner (``launch``: a
     ``launch.LaunchOptions`` for parallel or SLURM runs), then print the table of the finished
     runs. A failed run skips the runs that need it (its teacher's students); the others go on,
-    and the error is raised after the table. See :func:`compare_study` for the teacher rules."""
+    and the error is raised after the table. See :func:`compare_study` for the teacher rules.
+    ``planned``: what :func:`plan_compare` returned for these arguments, if at hand."""
     from .report.table import aggregate, format_table, write_summary
     from .study import is_done, plan_failure, run_translated
 
     stream = stream or sys.stdout
-    plan, text = plan_compare(runs, out, which=which, teacher_method=teacher_method, teacher_model=teacher_model,
-                              teacher_overrides=teacher_overrides)
+    plan, text = planned or plan_compare(runs, out, which=which, teacher_method=teacher_method,
+                                         teacher_model=teacher_model, teacher_overrides=teacher_overrides)
     status = run_translated(plan, text, launch=launch, device=device, show_progress=show_progress)
     specs = plan.by_id()
     run_dirs = [specs[rid].run_dir for line in plan.lines for ids in line.cells.values() for rid in ids

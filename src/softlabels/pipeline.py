@@ -203,20 +203,21 @@ def plan_pipeline(path: str, out: Path, seeds: List[int], extra_overrides: List[
 
 
 def run_pipeline(path: str, out: Path, seeds: List[int], extra_overrides: List[str] = (),
-                 show_progress: bool = True, launch=None, device: Optional[str] = None) -> dict:
+                 show_progress: bool = True, launch=None, device: Optional[str] = None, planned=None) -> dict:
     """Run every stage for every seed through the study runner (``launch``: a
     ``launch.LaunchOptions`` for parallel or SLURM runs) and write ``pipeline.json``: per seed,
     the figures of each finished stage. A failed stage skips the stages that need it; the error
-    is raised (one line) after pipeline.json is written."""
+    is raised (one line) after pipeline.json is written. ``planned``: what
+    :func:`plan_pipeline` returned for these arguments, if at hand."""
     from .config import resolve_recipe
     from .engine.checkpoint import atomic_write_text
     from .study import _read_json, plan_failure, result_file, run_translated
 
-    plan, text = plan_pipeline(path, out, seeds, extra_overrides)
-    status = run_translated(plan, text, launch=launch, device=device, show_progress=show_progress)
+    plan, text = planned or plan_pipeline(path, out, seeds, extra_overrides)
+    status = run_translated(plan, text, launch=launch, device=device, show_progress=show_progress,
+                            files={"pipeline.yaml": Path(resolve_recipe(path)).read_text()})
     if os.environ.get("RANK", "0") != "0":
         return {}
-    atomic_write_text(Path(out) / "pipeline.yaml", Path(resolve_recipe(path)).read_text())
     specs = plan.by_id()
     summary: Dict[str, Any] = {}
     for seed in plan.seeds:

@@ -1496,11 +1496,12 @@ def plan_translated(mapping: dict, out: Path, seeds: Sequence[int], name: str) -
 
 
 def run_translated(plan: Plan, text: str, *, launch=None, device: Optional[str] = None,
-                   show_progress: bool = True, stream=None) -> Dict[str, dict]:
+                   show_progress: bool = True, stream=None, files: Optional[Dict[str, str]] = None) -> Dict[str, dict]:
     """Run a front-end's plan through the one runner: every existing run folder is checked to be
     the planned run first (:func:`check_run_dirs`: one ConfigError before anything trains), the
-    study file is written next to the runs, then :func:`run_plan`. Without ``show_progress``
-    nothing is printed per run (the front-end reports failures in one line at the end)."""
+    study file (and ``files``: name -> text, e.g. the pipeline file) is written next to the runs,
+    then :func:`run_plan`. Without ``show_progress`` nothing is printed per run (the front-end
+    reports failures in one line at the end)."""
     import io
 
     from .engine.checkpoint import atomic_write_text, storage
@@ -1512,6 +1513,8 @@ def run_translated(plan: Plan, text: str, *, launch=None, device: Optional[str] 
     with storage(plan.out):
         plan.out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(plan.study.path, text)
+    for name, content in (files or {}).items():
+        atomic_write_text(plan.out / name, content)
     return run_plan(plan, device=device, show_progress=show_progress, launch=launch,
                     stream=(stream or sys.stderr) if show_progress else io.StringIO())
 
