@@ -183,3 +183,18 @@ def test_pipeline_seed_offsets_and_a_teacher_run_that_has_not_finished(tmp_path,
     assert len(err) == 1 and "nowhere: not a finished run" in err[0]
     assert json.loads((tmp_path / "o/status.json").read_text())["seed3/s"]["status"] == "skipped"
     assert (tmp_path / "o/seed3/m2/final.json").is_file()
+
+
+def test_pipeline_through_submitits_local_executor(tmp_path, capsys):
+    """--launcher submitit-local (the SLURM path on this machine): one job per stage, the
+    student's job submitted after its teacher's finished."""
+    pytest.importorskip("submitit")
+    p = tmp_path / "p.yaml"
+    p.write_text(yaml.safe_dump({"base": BASE, "stages": PIPELINE["stages"][:2]}))
+    out = tmp_path / "o"
+    assert main(["pipeline", str(p), "--out", str(out), "--no-progress", "--launcher", "submitit-local"]) == 0
+    status = json.loads((out / "status.json").read_text())
+    assert {v["status"] for v in status.values()} == {"done"} and all("job" in v for v in status.values())
+    env = json.loads((out / "seed0/student/environment.json").read_text())
+    assert env["teachers"][0]["run"] == str((out / "seed0/teacher").resolve())
+    assert set(json.loads((out / "pipeline.json").read_text())["seed0"]) == {"teacher", "student"}

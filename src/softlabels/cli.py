@@ -160,8 +160,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bar and no line per run")
     _add_run_options(p)
 
-    p = sub.add_parser("pipeline", help="run named stages in order (teacher → student, baseline → FocusNet, "
-                       "sequential ensembles)", epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser("pipeline", help="run named stages, each after the stages it needs (teacher → student, "
+                       "baseline → FocusNet, sequential ensembles)", epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("file", help="pipeline YAML: base config and stages (see docs/pipelines.md)")
     p.add_argument("--out", help="pipeline folder (default: RUNS/pipeline-<file>-<time>); an existing one is "
                    "continued: finished stages are kept, an interrupted one resumed")
