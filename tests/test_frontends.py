@@ -198,3 +198,52 @@ def test_pipeline_through_submitits_local_executor(tmp_path, capsys):
     env = json.loads((out / "seed0/student/environment.json").read_text())
     assert env["teachers"][0]["run"] == str((out / "seed0/teacher").resolve())
     assert set(json.loads((out / "pipeline.json").read_text())["seed0"]) == {"teacher", "student"}
+
+
+def _study(tmp_path, **extra) -> Path:
+    d = {"title": "t", "paper": "none", "source": "test", "metrics": ["top1_error"], "seeds": 2, "base": BASE,
+         "columns": {"d": {"label": "digits"}},
+         "rows": [{"label": "CE", "method": "ce", "slug": "plain_ce"},
+                  {"label": "KD", "method": "kd", "teachers": ["ext"], "seed_offset": 1, "teacher_checkpoint": "epoch1"},
+                  {"label": "Both", "ensemble": {"members": ["CE", "KD", {"run": str(tmp_path / "r")}],
+                                                 "checkpoint": "best"}}],
+         "teachers": {"ext": {"run": str(tmp_path / "r"), "checkpoint": "last"}},
+         "layout": {"runs": "s{seed}/{row}", "names": "label"}}
+    d.update(extra)
+    p = tmp_path / "s.yaml"
+    p.write_text(yaml.safe_dump(d, sort_keys=False))
+    return p
+
+
+def test_study_schema_layout_listed_ensembles_external_runs_and_seed_offsets(tmp_path):
+    from softlabels.study import load_study, plan_study
+
+    plan = plan_study(load_study(_study(tmp_path)), tmp_path / "o")
+    runs = plan.by_id()
+    assert [r.id for r in plan.runs] == ["s0/plain_ce", "s1/plain_ce", "_external/1", "s0/kd", "s1/kd",
+                                         "s0/both", "s1/both"]
+    assert runs["s1/kd"].cfg.train.seed == 1001 and runs["s1/kd"].cfg.name == "KD"
+    assert runs["s1/kd"].deps == ["_external/1"] and runs["s1/kd"].teachers[0].checkpoint == "last"
+    both = runs["s1/both"]
+    assert both.members == ["s1/plain_ce", "s1/kd", "_external/1"] and both.member_checkpoints == [None, None, None]
+    assert both.deps == both.members and both.checkpoint == "best" and runs["_external/1"].kind == "external"
+    assert [ln.key for ln in plan.lines] == ["plain_ce", "kd", "both"]
+
+
+@pytest.mark.parametrize("change,needle", [
+    ({"layout": {"runs": "{row}/x"}}, "layout.runs: expected a relative folder template with {row} and {seed}"),
+    ({"layout": {"runs": "../{row}/{seed}"}}, "layout.runs"),
+    ({"layout": {"names": "x"}}, "layout.names: expected cell or label"),
+    ({"columns": {"a": {}, "b": {}}, "layout": {"runs": "{row}/{seed}"}}, "and {column}"),
+    ({"teachers": {"ext": {"run": "x", "checkpoint": "final"}}}, "teachers.ext.checkpoint: expected last, best, ema"),
+    ({"rows": [{"label": "E", "ensemble": {"members": ["E"]}}]}, "rows[0].ensemble.members[0]: expected the label"),
+    ({"rows": [{"label": "A", "method": "ce", "slug": "_a"}]}, "rows[0].slug"),
+    ({"rows": [{"label": "A", "method": "ce", "seed_offset": -1}]}, "rows[0].seed_offset"),
+])
+def test_bad_layout_and_new_row_keys_are_one_line_errors(tmp_path, change, needle):
+    from softlabels.errors import ConfigError
+    from softlabels.study import load_study
+
+    with pytest.raises(ConfigError) as info:
+        load_study(_study(tmp_path, **change))
+    assert needle in str(info.value) and "\n" not in str(info.value)
