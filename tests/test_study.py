@@ -177,7 +177,7 @@ def test_digits_study_end_to_end(tmp_path, capsys):
              for k in (1, 2)]
     assert seeds == [1, 2]  # independent members: seed * 1000 + n
     ens = json.loads((out / "base--ensemble/digits-r8/seed0/ensemble.json").read_text())
-    assert len(ens["member_metrics"]) == 2 and 0 <= ens["test"]["top1_error"] <= 100
+    assert len(ens["members"]) == 2 and 0 <= ens["test"]["top1_error"] <= 100
     # the table: sweep sub-rows and ensemble members laid out, n = 1 noted, paired column vs CE
     md = (out / "table.md").read_text()
     for label in ("KD (temperature=2.0)", "KD (temperature=4.0)", "Base: member 2", "(n = 1)", "vs CE"):

@@ -76,6 +76,51 @@ def _add_common(p: argparse.ArgumentParser, method: bool = True) -> None:
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted config overrides")
 
 
+def _add_run_options(p: argparse.ArgumentParser) -> None:
+    """The options of the commands that run a plan through the study runner (study, compare,
+    pipeline): the dry run and how the runs are executed (launch.LaunchOptions)."""
+    p.add_argument("--dry-run", action="store_true", help="print the plan, what is missing and an estimated "
+                   "time; exit non-zero when something is missing")
+    p.add_argument("--throughput", type=float, metavar="IMG_PER_S",
+                   help="dry run: training images/s to estimate with (default: measured on this machine)")
+    g = p.add_argument_group("parallel and cluster runs (docs/studies.md, 'Many GPUs, SLURM')")
+    g.add_argument("--jobs", type=_int_in(1, 4096), metavar="N", help="run up to N runs at once, each in its own process "
+                   "(default: one per --devices GPU; without GPUs N CPU processes sharing the cores); the dry "
+                   "run prints the wall time at --jobs N")
+    g.add_argument("--devices", metavar="0,1,..", help="GPU indices to run on, one run per GPU (default: all visible)")
+    g.add_argument("--launcher", choices=["local", "slurm", "submitit-local"], default="local",
+                   help="local processes (default), one SLURM job per run through submitit, or submitit's local "
+                   "executor (the SLURM path on this machine)")
+    g.add_argument("--partition", help="SLURM partition")
+    g.add_argument("--account", help="SLURM account")
+    g.add_argument("--time", metavar="HH:MM:SS", help="SLURM time limit per run (default 24:00:00; a column's "
+                   "resources.time wins)")
+    g.add_argument("--gpus-per-run", type=_int_in(1, 1024), default=1, metavar="N", help="GPUs per run unless its column's "
+                   "resources.gpus says otherwise; N > 1 runs under torchrun (DDP)")
+    g.add_argument("--mem", metavar="SIZE", help="SLURM memory per run, e.g. 32G")
+    g.add_argument("--cpus-per-run", type=_int_in(1, 4096), metavar="N", help="CPUs (threads) per run")
+
+
+def _run_or_dry_run(plan, args, run):
+    """``--dry-run``: print the plan's check and estimate (exit non-zero when something is
+    missing); else ``run(launch options)``: the command's own way of running the plan."""
+    from .launch import options_from_args
+
+    if args.throughput is not None and not args.throughput > 0:
+        raise ConfigError(f"--throughput: expected images/s > 0, got {args.throughput}")
+    launch = options_from_args(args)
+    if not args.dry_run:
+        return run(launch)
+    from .study import check_plan, format_dry_run
+
+    chk = check_plan(plan, throughput=args.throughput, device=getattr(args, "device", None))
+    print(format_dry_run(plan, chk, launch.jobs or (len(launch.devices) if launch.devices else None)), end="")
+    if chk.missing:
+        raise SoftlabelsError(f"{plan.study.name}: {len(chk.missing)} thing(s) missing (listed above); "
+                              f"first: {chk.missing[0]}")
+    return None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="softlabels", description="Train and compare image classifiers with soft-label objectives.",
@@ -112,17 +157,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--teacher-model", help="model of that teacher run (default: the students' model; another model "
                    "keeps the students' model options it accepts); teacher:KEY=VALUE overrides set the teacher's "
                    "own, e.g. teacher:model.options.stem=cifar teacher:model.weights=FILE")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar and no line per run")
+    _add_run_options(p)
 
-    p = sub.add_parser("pipeline", help="run named stages in order (teacher → student, baseline → FocusNet, "
-                       "sequential ensembles)", epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser("pipeline", help="run named stages, each after the stages it needs (teacher → student, "
+                       "baseline → FocusNet, sequential ensembles)", epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("file", help="pipeline YAML: base config and stages (see docs/pipelines.md)")
     p.add_argument("--out", help="pipeline folder (default: RUNS/pipeline-<file>-<time>); an existing one is "
                    "continued: finished stages are kept, an interrupted one resumed")
     p.add_argument("--seeds", type=_int_in(1, 10_000), default=1,
                    help="run the whole pipeline for seeds 0..N-1 (default 1)")
     p.add_argument("--seed-list", help="explicit comma-separated seeds (overrides --seeds)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar and no line per run")
+    _add_run_options(p)
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides applied to every stage")
 
     p = sub.add_parser("study", help="regenerate a paper table: rows × columns × seeds beside the published "
@@ -138,31 +185,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--columns", help="comma-separated columns to run (default all)")
     p.add_argument("--out", help="study folder (default: runs/studies/<name>, with --smoke <name>-smoke); an "
                    "existing one is continued: finished runs are kept, interrupted ones resumed")
-    p.add_argument("--dry-run", action="store_true", help="print the plan, what is missing and an estimated "
-                   "time; exit non-zero when something is missing")
     p.add_argument("--smoke", action="store_true", help="synthetic data of each column's shape, 1 epoch, a tiny "
                    "model: checks that the study runs end to end (the numbers mean nothing)")
-    p.add_argument("--throughput", type=float, metavar="IMG_PER_S",
-                   help="dry run: training images/s to estimate with (default: measured on this machine)")
     p.add_argument("--device", help="auto, cpu, cuda or cuda:N (train.device of every run)")
     p.add_argument("--list", action="store_true", help="list the packaged studies and exit")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    g = p.add_argument_group("parallel and cluster runs (docs/studies.md, 'Many GPUs, SLURM')")
-    g.add_argument("--jobs", type=_int_in(1, 4096), metavar="N", help="run up to N runs at once, each in its own process "
-                   "(default: one per --devices GPU; without GPUs N CPU processes sharing the cores); the dry "
-                   "run prints the wall time at --jobs N")
-    g.add_argument("--devices", metavar="0,1,..", help="GPU indices to run on, one run per GPU (default: all visible)")
-    g.add_argument("--launcher", choices=["local", "slurm", "submitit-local"], default="local",
-                   help="local processes (default), one SLURM job per run through submitit, or submitit's local "
-                   "executor (the SLURM path on this machine)")
-    g.add_argument("--partition", help="SLURM partition")
-    g.add_argument("--account", help="SLURM account")
-    g.add_argument("--time", metavar="HH:MM:SS", help="SLURM time limit per run (default 24:00:00; a column's "
-                   "resources.time wins)")
-    g.add_argument("--gpus-per-run", type=_int_in(1, 1024), default=1, metavar="N", help="GPUs per run unless its column's "
-                   "resources.gpus says otherwise; N > 1 runs under torchrun (DDP)")
-    g.add_argument("--mem", metavar="SIZE", help="SLURM memory per run, e.g. 32G")
-    g.add_argument("--cpus-per-run", type=_int_in(1, 4096), metavar="N", help="CPUs (threads) per run")
+    _add_run_options(p)
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides applied to every run")
 
     p = sub.add_parser("eval", help="evaluate a run's checkpoint on a split; with --analyses, the papers' analyses",
@@ -309,7 +337,7 @@ def _print_final(final: dict, run_dir: Path) -> None:
 def cmd_compare(args) -> int:
     import datetime as _dt
 
-    from .compare import plan_runs, run_compare, teacher_overrides
+    from .compare import plan_compare, plan_runs, run_compare, teacher_overrides
 
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     if not methods:
@@ -324,10 +352,12 @@ def cmd_compare(args) -> int:
     baseline = args.baseline or methods[0]
     if baseline not in methods:
         raise ConfigError(f"--baseline {baseline}: not one of the compared methods")
+    rules = dict(which=args.which, teacher_method=args.teacher, teacher_model=args.teacher_model,
+                 teacher_overrides=teacher_overrides(args.overrides))
+    planned = plan_compare(runs, out, **rules)
     try:
-        run_compare(runs, out, baseline=baseline, which=args.which, show_progress=not args.no_progress,
-                    teacher_method=args.teacher, teacher_model=args.teacher_model,
-                    teacher_overrides=teacher_overrides(args.overrides))
+        _run_or_dry_run(planned[0], args, lambda launch: run_compare(
+            runs, out, baseline=baseline, show_progress=not args.no_progress, launch=launch, planned=planned, **rules))
     except KeyboardInterrupt as exc:
         exc.resume_hint = f"rerun the same command with --out {out}"
         raise
@@ -348,18 +378,24 @@ def _seeds(args) -> List[int]:
 def cmd_pipeline(args) -> int:
     import datetime as _dt
 
-    from .pipeline import run_pipeline
+    from .pipeline import plan_pipeline, run_pipeline
 
     if args.out:
         out = Path(args.out)
     else:
         stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
         out = Path("runs") / f"pipeline-{Path(args.file).stem}-{stamp}"
+    seeds = _seeds(args)
+    planned = plan_pipeline(args.file, out, seeds, args.overrides)
     try:
-        summary = run_pipeline(args.file, out, _seeds(args), args.overrides, show_progress=not args.no_progress)
+        summary = _run_or_dry_run(planned[0], args, lambda launch: run_pipeline(
+            args.file, out, seeds, args.overrides, show_progress=not args.no_progress, launch=launch,
+            planned=planned))
     except KeyboardInterrupt as exc:
         exc.resume_hint = f"rerun the same command with --out {out}"
         raise
+    if summary is None:  # --dry-run
+        return 0
     for seed, stages in summary.items():
         print(f"{seed}:")
         for name, brief in stages.items():
@@ -380,9 +416,8 @@ Outputs in the study folder: table.md, table.csv, table.tex, table.json, table.p
 
 
 def cmd_study(args) -> int:
-    from .launch import options_from_args
-    from .study import (build_table, check_plan, format_dry_run, format_markdown, list_studies, load_study,
-                        plan_study, resolve_study, run_plan, study_summary, write_outputs)
+    from .study import (build_table, format_markdown, list_studies, load_study, plan_failure, plan_study,
+                        resolve_study, run_plan, study_summary, write_outputs)
 
     if args.list:
         for name in list_studies():
@@ -395,32 +430,23 @@ def cmd_study(args) -> int:
     args.overrides = args.study[1:]
     if args.seeds is not None and args.seeds < 1:
         raise ConfigError(f"--seeds: expected >= 1, got {args.seeds}")
-    if args.throughput is not None and not args.throughput > 0:
-        raise ConfigError(f"--throughput: expected images/s > 0, got {args.throughput}")
-    launch = options_from_args(args)
     out = Path(args.out) if args.out else Path("runs") / "studies" / (study.name + ("-smoke" if args.smoke else ""))
     overrides = list(args.overrides) + ([f"train.device={args.device}"] if args.device else [])
     split = (lambda v: [x.strip() for x in v.split(",") if x.strip()] if v else None)
     plan = plan_study(study, out, data_root=args.data_root,
                       seeds=None if args.seeds is None else range(args.seeds),
                       rows=split(args.rows), columns=split(args.columns), smoke=args.smoke, overrides=overrides)
-    if args.dry_run:
-        chk = check_plan(plan, throughput=args.throughput, device=args.device)
-        print(format_dry_run(plan, chk, launch.jobs or (len(launch.devices) if launch.devices else None)), end="")
-        if chk.missing:
-            raise SoftlabelsError(f"{study.path.name}: {len(chk.missing)} thing(s) missing (listed above); "
-                                  f"first: {chk.missing[0]}")
+    status = _run_or_dry_run(plan, args, lambda launch: run_plan(plan, device=args.device,
+                                                                  show_progress=not args.no_progress, launch=launch))
+    if status is None:  # --dry-run
         return 0
-    status = run_plan(plan, device=args.device, show_progress=not args.no_progress, launch=launch)
     table = build_table(plan)
     paths = write_outputs(table, status)
     print(format_markdown(table))
     print(f"{study_summary(table)}; table: {paths['md']} (also .csv .tex .json .png)")
-    failed = [k for k, v in status.items() if v["status"] in ("failed", "skipped")]
-    if failed:
-        first = status[failed[0]]
-        raise SoftlabelsError(f"study {study.name}: {len(failed)} run(s) did not finish "
-                              f"(first: {failed[0]}: {first['error']}); the table marks them missing")
+    failure = plan_failure(status, f"study {study.name}")
+    if failure is not None:
+        raise SoftlabelsError(f"{failure}; the table marks them missing")
     if table.errors:  # a metric of finished runs could not be computed (a missing human-labels file, ...)
         raise SoftlabelsError(f"study {study.name}: {len(table.errors)} metric value(s) missing: {table.errors[0]}")
     return 0

@@ -1,8 +1,11 @@
 """Train several methods over several seeds with one config, then tabulate them.
 
-Each (method, seed) run gets its own run directory under one comparison folder. Re-running
-the same command with ``--out`` pointing at that folder skips finished runs and resumes
-interrupted ones, so a killed comparison loses at most one epoch.
+A thin front-end over the study runner: the methods, seeds, config and teacher rules become a
+study (:func:`compare_study`, written to ``OUT/study.yaml``) whose plan runs through
+``study.run_plan`` (``--jobs``/``--launcher`` as for ``softlabels study``). Each (method, seed)
+run gets its own run directory ``OUT/<method>/seed<N>``. Re-running the same command with
+``--out`` pointing at that folder skips finished runs and resumes interrupted ones, so a
+killed comparison loses at most one epoch.
 """
 from __future__ import annotations
 
@@ -10,8 +13,9 @@ import sys
 from pathlib import Path
 from typing import List, Optional, Sequence
 
-from .config import RunConfig, build_config, dump_yaml
-from .errors import ConfigError, SoftlabelsError
+from .config import RunConfig, build_config
+from .errors import ConfigError
+from .study import slugify
 
 
 TEACHER = "teacher"  # prefix of overrides for the teacher run: teacher:model.options.stem=cifar
@@ -76,77 +80,116 @@ def teacher_config(cfg: RunConfig, method: str, model: Optional[str], overrides:
     return tcfg
 
 
-def run_compare(runs: List[RunConfig], out: Path, *, baseline: Optional[str] = None,
-                which: str = "best", show_progress: bool = True, stream=None,
-                teacher_method: str = "ce", teacher_model: Optional[str] = None,
-                teacher_overrides: Sequence[str] = ()) -> dict:
-    """Train every (method, seed) run under ``out`` and print the table.
+METRICS = ("top1_error", "top5_error", "nll", "ece")
+LAYOUT = {"runs": "{row}/seed{seed}", "teachers": "{teacher}/seed{seed}", "names": "label"}
+
+
+def method_folder(method: str) -> str:
+    """A compared method's folder in the comparison folder (``kd+cskd`` → ``kd_plus_cskd``)."""
+    return method.replace("+", "_plus_")
+
+
+def compare_study(runs: List[RunConfig], *, which: str = "best", teacher_method: str = "ce",
+                  teacher_model: Optional[str] = None, teacher_overrides: Sequence[str] = ()) -> dict:
+    """The comparison as a study mapping (docs/study-schema.md): one row per method (its whole
+    config), one column, the teacher rules below, and the comparison folder's layout
+    ``<method>/seed<N>`` and ``teacher-<method>-<model>[-tag]/seed<N>``.
 
     Methods that need a teacher (KD-style, FocusNet, JGL, orthogonal) get one per seed: a run
     of ``teacher_method`` on ``teacher_model`` (default: the student's model), trained once and
     reused by every method at that seed. When that run is identical to one of the compared runs
-    (e.g. ``ce`` with the same model), the compared run is the teacher. ``teacher_overrides``
-    (``teacher:KEY=VALUE`` on the command line) configure the teacher run.
-    """
+    (e.g. ``ce`` with the same model), the compared run is the teacher (its "twin").
+    ``teacher_overrides`` (``teacher:KEY=VALUE`` on the command line) configure the teacher run
+    and give its folder a tag (the overrides' hash)."""
     import hashlib
 
-    from .engine.runs import RunDir, method_requires, progress_bar
-    from .engine.runtime import setup_runtime
-    from .report.table import aggregate, format_table, write_summary
+    from .engine.runs import method_requires
 
-    stream = stream or sys.stdout
-    rt = setup_runtime(runs[0].train.device)
-    from .engine.checkpoint import storage
-
-    with storage(out):
-        out.mkdir(parents=True, exist_ok=True)
     needs = [max(r.teachers, 1 if r.uses_teachers else 0) for r in map(method_requires, runs)]
     if max(needs) > 1:
         raise ConfigError("compare supplies one teacher per seed; methods that need more "
                           "(e.g. long orthogonal ensembles) run through `softlabels pipeline`")
-    run_dir_of = {id(c): out / c.method.name.replace("+", "_plus_") / f"seed{c.train.seed}" for c in runs}
-    bar = progress_bar(show_progress and rt.is_main)
     tag = "-" + hashlib.sha256("\n".join(teacher_overrides).encode()).hexdigest()[:8] if teacher_overrides else ""
-    run_dirs, failure = [], None
-    try:
-        for i, (cfg, need) in enumerate(zip(runs, needs)):
-            run_dir = run_dir_of[id(cfg)]
-            teachers = []
-            if need:
-                tcfg = teacher_config(cfg, teacher_method, teacher_model, teacher_overrides)
-                twin = next((c for c in runs if c.train.seed == cfg.train.seed and c.method.name == teacher_method
-                             and c.method.options == {} and _same_run(c, tcfg)), None)
-                tdir = run_dir_of[id(twin)] if twin is not None else (
-                    out / f"teacher-{teacher_method}-{tcfg.model.name}{tag}" / f"seed{cfg.train.seed}")
-                if bar is not None:
-                    bar.set_description(f"teacher for seed {cfg.train.seed}")
-                RunDir(tdir).train(twin or tcfg, rt)
-                teachers = [RunDir(tdir).load_model()]
-            if bar is not None:
-                bar.set_description(f"{cfg.method.name} seed {cfg.train.seed} ({i + 1}/{len(runs)})")
-            RunDir(run_dir).train(cfg, rt, teachers=teachers, progress=bar, progress_offset=i,
-                                  progress_total_runs=len(runs))
-            run_dirs.append(run_dir)
-    except SoftlabelsError as exc:
-        failure = exc
-    finally:
-        if bar is not None:
-            bar.close()
-    result = {"run_dirs": [str(d) for d in run_dirs], "table": None}
-    if rt.is_main and run_dirs:
+    first = {}  # method -> its config at the first seed (seeds differ in train.seed only)
+    for cfg, need in zip(runs, needs):
+        first.setdefault(cfg.method.name, (cfg, need))
+    rows, teachers = [], {}
+    for m, (cfg, need) in first.items():
+        data = cfg.to_dict()
+        method = data.pop("method")
+        row = {"label": m, "slug": method_folder(m), "method": method["name"], "options": method["options"],
+               "weights": method["weights"], "config": data, "teacher_checkpoint": "best"}
+        if need:
+            tcfg = teacher_config(cfg, teacher_method, teacher_model, teacher_overrides)
+            twin = next((c for c, _ in first.values() if c.method.name == teacher_method and c.method.options == {}
+                         and _same_run(c, tcfg)), None)
+            if twin is not None:
+                row["teachers"] = [twin.method.name]
+            else:
+                name = f"teacher-{teacher_method}-{tcfg.model.name}{tag}"
+                teachers[name] = {"config": tcfg.to_dict(), "checkpoint": "best"}
+                row["teachers"] = [name]
+        rows.append(row)
+    c0 = runs[0]
+    seeds = sorted({c.train.seed for c in runs})
+    return {"title": f"softlabels compare: {', '.join(first)} on {c0.data.name} ({len(seeds)} seed(s))",
+            "paper": "none", "source": "softlabels compare", "metrics": list(METRICS), "seeds": len(seeds),
+            "report": which if which == "last" or all(c.data.val_fraction > 0 for c in runs) else "last",
+            "columns": {slugify(c0.data.name): {"label": c0.data.name}},
+            "teachers": teachers, "rows": rows, "layout": dict(LAYOUT)}
+
+
+def plan_compare(runs: List[RunConfig], out: Path, **teacher_rules):
+    """(study.Plan, the study file's text) of a comparison under ``out``; ``teacher_rules``:
+    the keyword arguments of :func:`compare_study`. Nothing is written."""
+    from .study import plan_translated
+
+    seeds = list(dict.fromkeys(c.train.seed for c in runs))
+    return plan_translated(compare_study(runs, **teacher_rules), Path(out), seeds, name="compare")
+
+
+def run_compare(runs: List[RunConfig], out: Path, *, baseline: Optional[str] = None,
+                which: str = "best", show_progress: bool = True, stream=None,
+                teacher_method: str = "ce", teacher_model: Optional[str] = None,
+                teacher_overrides: Sequence[str] = (), launch=None, device: Optional[str] = None,
+                planned=None) -> dict:
+    """Train every (method, seed) run under ``out`` through the study runner (``launch``: a
+    ``launch.LaunchOptions`` for parallel or SLURM runs), then print the table of the finished
+    runs. A failed run skips the runs that need it (its teacher's students); the others go on,
+    and the error is raised after the table. See :func:`compare_study` for the teacher rules.
+    ``planned``: what :func:`plan_compare` returned for these arguments, if at hand."""
+    from .report.table import aggregate, format_table, write_summary
+    from .study import is_done, plan_failure, run_translated
+
+    stream = stream or sys.stdout
+    plan, text = planned or plan_compare(runs, out, which=which, teacher_method=teacher_method,
+                                         teacher_model=teacher_model, teacher_overrides=teacher_overrides)
+    status = run_translated(plan, text, launch=launch, device=device, show_progress=show_progress)
+    specs = plan.by_id()
+    run_dirs = [specs[rid].run_dir for line in plan.lines for ids in line.cells.values() for rid in ids
+                if is_done(specs[rid])]
+    result = {"run_dirs": [str(d) for d in run_dirs], "table": None, "status": status}
+    if run_dirs and _is_main():
         rows = aggregate(run_dirs, which=which)
-        metrics = ("top1_error", "top5_error", "nll", "ece")
-        text = format_table(rows, metrics, baseline=baseline, fmt="text")
-        (out / "table.md").write_text(format_table(rows, metrics, baseline=baseline, fmt="markdown") + "\n")
+        text = format_table(rows, METRICS, baseline=baseline, fmt="text")
+        (out / "table.md").write_text(format_table(rows, METRICS, baseline=baseline, fmt="markdown") + "\n")
         write_summary(rows, out / "summary.json")
         sel = "epoch chosen on validation" if which == "best" else "last epoch"
         print(f"\nTest metrics ({sel}), mean ± std over seeds:\n", file=stream)
         print(text, file=stream)
         print(f"\nRun directories: {out}/<method>/seed<N>   (table: {out / 'table.md'})", file=stream)
         result["table"] = text
+    failure = plan_failure(status, "compare")
     if failure is not None:
         raise failure
     return result
+
+
+def _is_main() -> bool:
+    """Not a DDP rank other than 0 (torchrun sets RANK)."""
+    import os
+
+    return os.environ.get("RANK", "0") == "0"
 
 
 def _same_run(a: RunConfig, b: RunConfig) -> bool:

@@ -495,14 +495,15 @@ def launch_plan(plan, opts: LaunchOptions, *, device: Optional[str] = None, stre
     """Execute ``plan`` with ``opts`` (see the module's docstring); returns the same status
     mapping as ``study.run_plan`` (plus ``log`` and ``job`` per run) and writes status.json."""
     from .engine.checkpoint import atomic_write_text
-    from .study import _config_differs, is_done
+    from .study import is_reusable
 
     stream = stream or sys.stderr
     if opts.launcher not in LAUNCHERS:
         raise ConfigError(f"--launcher: expected one of {', '.join(LAUNCHERS)}, got {opts.launcher!r}")
     plan.out.mkdir(parents=True, exist_ok=True)
     with StudyLock(plan.out):
-        (plan.out / "study.yaml").write_text(plan.study.path.read_text())
+        if plan.study.path.resolve() != (plan.out / "study.yaml").resolve():
+            (plan.out / "study.yaml").write_text(plan.study.path.read_text())
         request = plan.out / "_launch" / "request.json"
         # relative paths in the overrides and --data-root are read from the launcher's folder
         atomic_write_text(request, json.dumps(dict(plan.request, cwd=os.getcwd()), indent=1))
@@ -513,7 +514,7 @@ def launch_plan(plan, opts: LaunchOptions, *, device: Optional[str] = None, stre
         total = len(plan.runs)
         pending = []
         for spec in plan.runs:
-            if is_done(spec) and (spec.kind != "train" or not _config_differs(spec.run_dir, spec.cfg)):
+            if is_reusable(spec):
                 status[spec.id] = {"status": "reused", "seconds": 0.0}
             else:
                 pending.append(spec)
@@ -653,7 +654,7 @@ def child_main(argv: Optional[Sequence[str]] = None) -> int:
         waiting = [d for d in spec.deps if not is_done(runs[d])]
         if waiting:
             raise SoftlabelsError(f"run {args.run} needs {waiting[0]}, which has not finished")
-        if args.threads:
+        if args.threads and spec.cfg is not None:
             spec.cfg.train.threads = args.threads
         rt = setup_runtime(args.device or (spec.cfg.train.device if spec.cfg else "auto"))
         try:

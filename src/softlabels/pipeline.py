@@ -22,14 +22,18 @@ Seeds: a stage trains with ``train.seed = S + 1000 * seed_offset`` for pipeline 
 members start from different initialisations. Two stages that would train the same run (same
 config, seed and teachers) are refused: give one a ``seed_offset`` to make them independent.
 
-Each training stage is an ordinary run directory ``OUT/seed<S>/<stage>`` managed by
-:class:`~softlabels.engine.runs.RunDir`: running the same pipeline again skips finished stages,
-resumes interrupted ones and redoes torn ones.
+A thin front-end over the study runner: the file becomes a study (:func:`pipeline_study`,
+written to ``OUT/study.yaml``: stages are rows, ``teachers`` earlier rows or study teachers, an
+ensemble stage an ensemble of listed members) whose plan runs through ``study.run_plan``
+(``--jobs``/``--launcher`` as for ``softlabels study``: a student waits for its teachers of the
+same seed, an ensemble for its members). Each training stage is an ordinary run directory
+``OUT/seed<S>/<stage>`` managed by :class:`~softlabels.engine.runs.RunDir`: running the same
+pipeline again skips finished stages, resumes interrupted ones and redoes torn ones.
 """
 from __future__ import annotations
 
-import contextlib
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional
@@ -38,10 +42,10 @@ from typing import Any, Dict, List, Optional
 from .config import _deepcopy, _merge, apply_overrides, config_from_dict, load_yaml, validate_registered
 from .engine.runs import load_model_from_run  # noqa: F401  (moved to the run manager; still importable here)
 from .errors import ConfigError
+from .study import SEED_STRIDE, slugify
 
 STAGE_KEYS = {"name", "config", "overrides", "teachers", "teacher_checkpoint", "sequence", "ensemble",
               "seed_offset"}
-SEED_STRIDE = 1000  # stage seed = pipeline seed + SEED_STRIDE * seed_offset
 
 
 @dataclass
@@ -127,25 +131,6 @@ def stage_config(base: dict, stage: Stage, seed: int, extra_overrides: List[str]
     return cfg
 
 
-def resolve_teacher(spec, stage_dirs: Dict[str, Path], checkpoint: str, num_classes: int, in_channels: int,
-                    student=None):
-    """A stage name (that stage's run), ``{run: DIR}`` or a weights file with its model config
-    (options it does not give follow the ``student``'s ModelConfig, see runs.teacher_model_options)."""
-    from .engine.runs import RunDir, load_teacher
-
-    if isinstance(spec, str):
-        return RunDir(stage_dirs[spec]).load_model(checkpoint, num_classes=num_classes)
-    return load_teacher(spec, checkpoint=checkpoint, num_classes=num_classes, in_channels=in_channels,
-                        student=student)
-
-
-def _data_shape(cfg):
-    from .data import load_dataset
-
-    ds = load_dataset(cfg.data.name, cfg.data.root, cfg.data.options)
-    return ds.num_classes, ds.in_channels
-
-
 def _check_distinct(stages: List[Stage], plans: dict, where: str) -> None:
     """No two training stages may train the same run (they would come out identical)."""
     from .engine.runs import config_changes
@@ -159,87 +144,103 @@ def _check_distinct(stages: List[Stage], plans: dict, where: str) -> None:
                                   f"seed and teachers); give one of them `seed_offset: 1` to make them independent")
 
 
-def run_pipeline(path: str, out: Path, seeds: List[int], extra_overrides: List[str] = (),
-                 show_progress: bool = True) -> dict:
-    from .engine.checkpoint import atomic_write_text, storage
-    from .engine.runs import RunDir, RunState, progress_bar
-    from .engine.runtime import setup_runtime
-
+def pipeline_study(path: str, seeds: List[int], extra_overrides: List[str] = ()) -> dict:
+    """The pipeline file as a study mapping (docs/study-schema.md): one row per stage (its whole
+    config, its ``seed_offset``, its teachers: earlier stages' rows, and study teachers for
+    ``{run: DIR}`` and weights files), an ensemble stage as an ensemble of listed members, one
+    column, and the pipeline folder's layout ``seed<S>/<stage>``. Every stage's config is
+    checked here (one ConfigError), and two stages that would train the same run are refused."""
     from .config import resolve_recipe
+    from .engine.runs import teacher_spec
 
-    path = resolve_recipe(path)  # a file, or the name of a packaged pipeline recipe
-    base, stages = parse_pipeline(load_yaml(path, what="pipeline file"), where=Path(path).name)
-    # validate every stage's config before training anything
+    where = Path(path).name
+    base, stages = parse_pipeline(load_yaml(resolve_recipe(path), what="pipeline file"), where=where)
     plans = {s.name: stage_config(base, s, seeds[0], list(extra_overrides)) for s in stages if s.ensemble is None}
-    _check_distinct(stages, plans, Path(path).name)
-    rt = setup_runtime(next(iter(plans.values())).train.device)
-    with storage(out):
-        out.mkdir(parents=True, exist_ok=True)
-    if rt.is_main:
-        atomic_write_text(out / "pipeline.yaml", Path(path).read_text())
-    summary: Dict[str, Any] = {}
-    for seed in seeds:
-        seed_dir = out / f"seed{seed}"
-        stage_dirs: Dict[str, Path] = {}
-        results: Dict[str, Any] = {}
-        for st in stages:
-            run_dir = seed_dir / st.name
-            stage_dirs[st.name] = run_dir
-            if st.ensemble is not None:
-                results[st.name] = _ensemble_stage(st, plans, stage_dirs, run_dir, rt)
+    _check_distinct(stages, plans, where)
+    names = {s.name for s in stages}
+    teachers: Dict[str, dict] = {}
+    rows = []
+    for st in stages:
+        if st.ensemble is not None:
+            members = [m if isinstance(m, str) else {k: v for k, v in (("run", str(m["run"])),
+                                                                       ("checkpoint", m.get("checkpoint")))
+                                                     if v is not None} for m in st.ensemble]
+            rows.append({"label": st.name, "slug": st.name, "ensemble": {"members": members, "checkpoint": "best"}})
+            continue
+        tnames = []
+        for j, t in enumerate(st.teachers):
+            if isinstance(t, str):
+                tnames.append(t)
                 continue
-            cfg = stage_config(base, st, seed, list(extra_overrides))
-            rd = RunDir(run_dir)
-            done = rd.state() is RunState.FINISHED and cfg.train.epochs <= rd.config().train.epochs
-            teachers = []
-            if st.teachers and not done:  # a finished stage needs neither its teachers nor the data
-                k, c = _data_shape(cfg)
-                teachers = [resolve_teacher(t, stage_dirs, st.teacher_checkpoint, k, c, cfg.model) for t in st.teachers]
-            bar = progress_bar(show_progress and rt.is_main and not done, f"seed {seed} {st.name}")
-            try:
-                results[st.name] = rd.train(cfg, rt, teachers=teachers, progress=bar)
-            finally:
-                if bar is not None:
-                    bar.close()
-        summary[f"seed{seed}"] = {name: _brief(r) for name, r in results.items()}
-        if rt.is_main:
-            atomic_write_text(out / "pipeline.json", json.dumps(summary, indent=1))
-    return summary
+            entry = teacher_spec(t, f"{where}: stage {st.name}: teachers[{j}]")
+            tname = next((k for k, v in teachers.items() if v == entry), None)
+            if tname is None:
+                k = len(teachers) + 1
+                while f"external-{k}" in names:
+                    k += 1
+                tname = f"external-{k}"
+                teachers[tname] = entry
+            tnames.append(tname)
+        data = plans[st.name].to_dict()
+        method = data.pop("method")
+        rows.append({"label": st.name, "slug": st.name, "method": method["name"], "options": method["options"],
+                     "weights": method["weights"], "config": data, "teachers": tnames,
+                     "teacher_checkpoint": st.teacher_checkpoint, "seed_offset": st.seed_offset})
+    c0 = next(iter(plans.values()))
+    col = slugify(Path(path).stem)
+    return {"title": f"softlabels pipeline {where}: {', '.join(s.name for s in stages)}", "paper": "none",
+            "source": f"softlabels pipeline {where}", "metrics": ["top1_error", "top5_error", "nll", "ece"],
+            "seeds": len(seeds), "report": "best" if all(c.data.val_fraction > 0 for c in plans.values()) else "last",
+            "columns": {col: {"label": f"{c0.data.name} · {c0.model.name}"}}, "teachers": teachers, "rows": rows,
+            "layout": {"runs": "seed{seed}/{row}", "teachers": "_teachers/{teacher}/seed{seed}", "names": "label"}}
 
 
-def _ensemble_stage(st: Stage, plans, stage_dirs, run_dir: Path, rt) -> dict:
-    from .data.prepare import build_loaders, prepare_data
+def plan_pipeline(path: str, out: Path, seeds: List[int], extra_overrides: List[str] = ()):
+    """(study.Plan, the study file's text) of a pipeline under ``out``. Nothing is written."""
+    from .study import plan_translated
+
+    return plan_translated(pipeline_study(path, seeds, extra_overrides), Path(out), seeds, name="pipeline")
+
+
+def run_pipeline(path: str, out: Path, seeds: List[int], extra_overrides: List[str] = (),
+                 show_progress: bool = True, launch=None, device: Optional[str] = None, planned=None) -> dict:
+    """Run every stage for every seed through the study runner (``launch``: a
+    ``launch.LaunchOptions`` for parallel or SLURM runs) and write ``pipeline.json``: per seed,
+    the figures of each finished stage. A failed stage skips the stages that need it; the error
+    is raised (one line) after pipeline.json is written. ``planned``: what
+    :func:`plan_pipeline` returned for these arguments, if at hand."""
+    from .config import resolve_recipe
     from .engine.checkpoint import atomic_write_text
-    from .engine.runs import RunDir
-    from .evaluate.ensemble import ensemble_metrics
+    from .study import _read_json, plan_failure, result_file, run_translated
 
-    done = run_dir / "ensemble.json"
-    with RunDir(run_dir).lock() if rt.is_main else contextlib.nullcontext():
-        if done.is_file():
-            try:
-                result = json.loads(done.read_text())
-                if isinstance(result, dict) and isinstance(result.get("members"), list):
-                    return result
-            except (OSError, ValueError):
-                pass  # torn by a kill: evaluated again
-        members = [RunDir(stage_dirs[m]) if isinstance(m, str) else RunDir(m["run"]) for m in st.ensemble]
-        checkpoints = [None if isinstance(m, str) else m.get("checkpoint") for m in st.ensemble]
-        first = st.ensemble[0]
-        cfg = plans[first] if isinstance(first, str) else members[0].config()
-        data = prepare_data(cfg.data)
-        _, _, test = build_loaders(data, cfg.data, device=rt.device, seed=0, rank=0, world=1, channels_last=False)
-        models = [m.load_model(c, num_classes=data.num_classes).to(rt.device) for m, c in zip(members, checkpoints)]
-        names = [m if isinstance(m, str) else str(m["run"]) for m in st.ensemble]
-        result = {"stages": names, **ensemble_metrics(models, test, data.num_classes, device=rt.device)}
-        if rt.is_main:
-            atomic_write_text(done, json.dumps(result, indent=1))
-        return result
+    plan, text = planned or plan_pipeline(path, out, seeds, extra_overrides)
+    status = run_translated(plan, text, launch=launch, device=device, show_progress=show_progress,
+                            files={"pipeline.yaml": Path(resolve_recipe(path)).read_text()})
+    if os.environ.get("RANK", "0") != "0":
+        return {}
+    specs = plan.by_id()
+    summary: Dict[str, Any] = {}
+    for seed in plan.seeds:
+        stages = {}
+        for line in plan.lines:
+            spec = next((specs[r] for ids in line.cells.values() for r in ids if specs[r].seed == seed), None)
+            result = _read_json(result_file(spec)) if spec is not None else None
+            if result is not None:
+                stages[line.label] = _brief(result)
+        summary[f"seed{seed}"] = stages
+    atomic_write_text(Path(out) / "pipeline.json", json.dumps(summary, indent=1))
+    failure = plan_failure(status, "pipeline")
+    if failure is not None:
+        raise failure
+    return summary
 
 
 def _brief(result: dict) -> dict:
     if "best" in result:
         return {"best_test_top1_error": result["best"]["test"]["top1_error"],
                 "last_test_top1_error": result["last"]["test"]["top1_error"], "best_epoch": result["best"]["epoch"]}
-    brief = {k: v["top1_error"] for k, v in result.items() if isinstance(v, dict) and "top1_error" in v}
-    brief["members_top1_error"] = [m["top1_error"] for m in result.get("members", [])]
+    brief = {k: result[k]["top1_error"] for k in ("mean_softmax", "sum_logits")
+             if isinstance(result.get(k), dict) and "top1_error" in result[k]}
+    brief["members_top1_error"] = [m["top1_error"] for m in result.get("members", [])
+                                   if isinstance(m, dict) and "top1_error" in m]
     return brief

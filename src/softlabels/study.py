@@ -38,14 +38,21 @@ STUDIES_DIR = Path(__file__).resolve().parent / "studies"
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")   # column keys and teacher names (folder names)
 PAPERS = ("jgl", "focusnet", "kt", "cskd", "ols", "none")
 TOP_KEYS = {"title", "paper", "source", "metrics", "seeds", "report", "notes", "base", "columns",
-            "teachers", "rows", "compare_to", "metric_options"}
+            "teachers", "rows", "compare_to", "metric_options", "layout"}
 REQUIRED_TOP = ("title", "paper", "source", "metrics", "columns", "rows")
 COLUMN_KEYS = {"label", "config", "overrides", "resources", "metric_options"}
-TEACHER_KEYS = {"config", "overrides", "weights", "model", "row", "checkpoint"}
+TEACHER_KEYS = {"config", "overrides", "weights", "model", "row", "run", "checkpoint"}
 ROW_KEYS = {"label", "method", "options", "weights", "overrides", "config", "teachers",
-            "teacher_checkpoint", "columns", "only", "paper", "sweep", "ensemble"}
+            "teacher_checkpoint", "columns", "only", "paper", "sweep", "ensemble", "slug", "seed_offset"}
 TWEAK_KEYS = {"options", "overrides", "config", "teachers"}
-ENSEMBLE_KEYS = {"members", "mode", "report", "combine"}
+ENSEMBLE_KEYS = {"members", "mode", "report", "combine", "checkpoint"}
+# ``layout:`` where a study's runs go and what they are called (compare and pipeline folders
+# keep their own layouts through it): run folder templates and the runs' names
+LAYOUT_KEYS = {"runs", "teachers", "names"}
+DEFAULT_LAYOUT = {"runs": "{row}/{column}/seed{seed}", "teachers": "_teachers/{teacher}/{column}/seed{seed}",
+                  "names": "cell"}
+CHECKPOINT_RE = re.compile(r"last|best|ema|epoch[0-9]+")   # checkpoints a teacher or member may be read from
+SEED_STRIDE = 1000   # a row's ``seed_offset``: train.seed = seed + SEED_STRIDE * offset
 # Studies report the final epoch of a run on the whole training set unless they say otherwise.
 STUDY_DEFAULTS = {"data": {"val_fraction": 0.0}}
 
@@ -127,6 +134,7 @@ class Teacher:
     model: Optional[dict] = None         # {name, options} of the file's model
     row: Optional[str] = None            # or another row's run
     checkpoint: Optional[str] = None
+    run: Optional[str] = None            # or a finished run directory outside the study
 
 
 @dataclass
@@ -146,6 +154,7 @@ class Row:
     paper: Dict[str, Any]
     sweep: Optional[Tuple[str, List[Any]]]
     ensemble: Optional[dict]
+    seed_offset: int = 0
 
 
 @dataclass
@@ -165,6 +174,7 @@ class Study:
     rows: List[Row]
     compare_to: Optional[str] = None
     metric_options: dict = field(default_factory=dict)   # evaluate.run_metrics.check_options
+    layout: Dict[str, str] = field(default_factory=lambda: dict(DEFAULT_LAYOUT))
 
     def row(self, label: str) -> Row:
         for r in self.rows:
@@ -240,12 +250,46 @@ def _keys(w: _Where, where: str, d: dict, allowed: set) -> None:
                     f"unknown key (accepted: {', '.join(sorted(allowed))})")
 
 
-def load_study(path) -> Study:
+def _check_checkpoint(w: _Where, where: str, ck, allow_none: bool = True):
+    if ck is None and allow_none:
+        return None
+    if not isinstance(ck, str) or not CHECKPOINT_RE.fullmatch(ck):
+        raise w.err(where, f"expected last, best, ema or epochN, got {ck!r}")
+    return ck
+
+
+def _check_layout(w: _Where, raw, n_columns: int) -> Dict[str, str]:
+    """``layout: {runs: TEMPLATE, teachers: TEMPLATE, names: cell | label}``: folder templates
+    relative to the study folder (fields {row} {column} {seed}; {teacher} {column} {seed}); names
+    ``label``: a run is named after its row label or teacher (a ``name`` its config sets wins)
+    instead of ``label · column``."""
+    raw = _mapping(w, "layout", raw)
+    _keys(w, "layout", raw, LAYOUT_KEYS)
+    out = dict(DEFAULT_LAYOUT)
+    for key, own in (("runs", "row"), ("teachers", "teacher")):
+        t = raw.get(key, out[key])
+        fields = set(re.findall(r"{([^{}]*)}", t)) if isinstance(t, str) else None
+        need = {own, "seed"} | ({"column"} if n_columns > 1 else set())
+        if (fields is None or not need <= fields or fields - {own, "column", "seed"} or t.startswith("/")
+                or ".." in t.split("/")):
+            raise w.err(f"layout.{key}", f"expected a relative folder template with {{{own}}} and {{seed}}"
+                        f"{' and {column}' if n_columns > 1 else ''} (fields {{{own}}} {{column}} {{seed}}), got {t!r}")
+        out[key] = t
+    names = raw.get("names", out["names"])
+    if names not in ("cell", "label"):
+        raise w.err("layout.names", f"expected cell or label, got {names!r}")
+    out["names"] = names
+    return out
+
+
+def load_study(path, data: Optional[dict] = None, name: Optional[str] = None) -> Study:
     """Read and check a study file (structure, types, references between its parts). Names
-    and options of models, datasets and methods are checked by :func:`check_plan`."""
-    path = Path(path)
+    and options of models, datasets and methods are checked by :func:`check_plan`. ``data``:
+    the file's mapping already in hand (compare and pipeline translate theirs; ``path`` is where
+    it will be written); ``name``: the study's name (default: the file's stem)."""
+    path, study_name = Path(path), name or Path(path).stem
     w = _Where(path.name)
-    data = load_yaml(str(path))
+    data = load_yaml(str(path)) if data is None else data
     _keys(w, "", data, TOP_KEYS)
     for k in REQUIRED_TOP:
         if k not in data:
@@ -315,13 +359,16 @@ def load_study(path) -> Study:
             raise w.err(at, "a teacher and a row have the same name")
         t = _mapping(w, at, t, allow_none=False)
         _keys(w, at, t, TEACHER_KEYS)
-        forms = [k for k in ("config", "weights", "row") if k in t]
+        forms = [k for k in ("config", "weights", "row", "run") if k in t]
         if len(forms) != 1:
-            raise w.err(at, "give exactly one of config (a training), weights (a file) or row (a row's run)")
-        ck = t.get("checkpoint")
-        if ck is not None and ck not in ("last", "best"):
-            raise w.err(f"{at}.checkpoint", f"expected last or best, got {ck!r}")
-        if "config" in t:
+            raise w.err(at, "give exactly one of config (a training), weights (a file), row (a row's run) or "
+                        "run (a finished run directory)")
+        ck = _check_checkpoint(w, f"{at}.checkpoint", t.get("checkpoint"))
+        if "run" in t:
+            if not isinstance(t["run"], str) or not t["run"]:
+                raise w.err(f"{at}.run", f"expected a run directory, got {t['run']!r}")
+            teachers[name] = Teacher(name, run=t["run"], checkpoint=ck)
+        elif "config" in t:
             teachers[name] = Teacher(name, config=_mapping(w, f"{at}.config", t["config"]),
                                      overrides=_str_list(w, f"{at}.overrides", t.get("overrides")),
                                      checkpoint=ck)
@@ -346,15 +393,25 @@ def load_study(path) -> Study:
     for i, r in enumerate(raw_rows):
         at = f"rows[{i}]"
         _keys(w, at, r, ROW_KEYS)
+        listed = isinstance(r.get("ensemble"), dict) and isinstance(r["ensemble"].get("members"), list)
+        if listed and "method" not in r:
+            r = dict(r, method="ensemble")  # an ensemble of listed runs trains nothing of its own
         if not isinstance(r.get("method"), str) or not r["method"].strip():
             raise w.err(f"{at}.method", f"expected a method name, got {r.get('method')!r}")
-        slug = slugify(r["label"])
-        while slug in slugs or slug.startswith("_"):
-            slug = f"{slug}-{i}"
+        if r.get("slug") is not None:
+            slug = r["slug"]
+            if not isinstance(slug, str) or not NAME_RE.fullmatch(slug) or slug in slugs:
+                raise w.err(f"{at}.slug", f"expected a folder name (letters, digits, '-', '_', '.') used once, "
+                            f"got {slug!r}")
+        else:
+            slug = slugify(r["label"])
+            while slug in slugs or slug.startswith("_"):
+                slug = f"{slug}-{i}"
         slugs.add(slug)
-        tcs = r.get("teacher_checkpoint", "last")
-        if tcs not in ("last", "best"):
-            raise w.err(f"{at}.teacher_checkpoint", f"expected last or best, got {tcs!r}")
+        offset = r.get("seed_offset", 0)
+        if not isinstance(offset, int) or isinstance(offset, bool) or not 0 <= offset < 10 ** 6:
+            raise w.err(f"{at}.seed_offset", f"expected an integer in 0..999999, got {offset!r}")
+        tcs = _check_checkpoint(w, f"{at}.teacher_checkpoint", r.get("teacher_checkpoint", "last"), False)
         tnames = _str_list(w, f"{at}.teachers", r.get("teachers"))
         for t in tnames:
             if t not in teachers and t not in labels:
@@ -396,10 +453,31 @@ def load_study(path) -> Study:
             e = _mapping(w, f"{at}.ensemble", r["ensemble"])
             _keys(w, f"{at}.ensemble", e, ENSEMBLE_KEYS)
             n = e.get("members")
+            listed = None
+            if isinstance(n, list):  # an ensemble of other rows' runs and run directories
+                listed = []
+                for j, m in enumerate(n):
+                    mat = f"{at}.ensemble.members[{j}]"
+                    if isinstance(m, dict) and set(m) <= {"run", "checkpoint"} and isinstance(m.get("run"), str):
+                        listed.append({"run": m["run"],
+                                       "checkpoint": _check_checkpoint(w, f"{mat}.checkpoint", m.get("checkpoint"))})
+                    elif isinstance(m, str) and m in labels and m != r["label"]:
+                        listed.append(m)
+                    else:
+                        raise w.err(mat, f"expected the label of another row or {{run: DIR, checkpoint: NAME}}, "
+                                    f"got {m!r}")
+                if sweep is not None:
+                    raise w.err(f"{at}.sweep", "an ensemble of listed members cannot be swept")
+                n = len(listed)
             if not isinstance(n, int) or isinstance(n, bool) or n < 1:
-                raise w.err(f"{at}.ensemble.members", f"expected an integer >= 1, got {n!r}")
-            mode = e.get("mode", "sequential")
-            if mode not in ("sequential", "independent"):
+                raise w.err(f"{at}.ensemble.members", f"expected an integer >= 1 or a list of rows and "
+                            f"{{run: DIR}}, got {n!r}")
+            mode = e.get("mode", "sequential" if listed is None else "listed")
+            if listed is not None:
+                if mode != "listed" or e.get("report", ["ensemble"]) != ["ensemble"]:
+                    raise w.err(f"{at}.ensemble", "an ensemble of listed members takes no mode and reports the "
+                                "ensemble only")
+            elif mode not in ("sequential", "independent"):
                 raise w.err(f"{at}.ensemble.mode", f"expected sequential or independent, got {mode!r}")
             rep = _str_list(w, f"{at}.ensemble.report", e.get("report", ["ensemble"]))
             if not rep or set(rep) - {"ensemble", "members"}:
@@ -411,7 +489,8 @@ def load_study(path) -> Study:
                 bad = [v for v in sweep[1] if not isinstance(v, int) or isinstance(v, bool) or not 1 <= v <= n]
                 if bad:
                     raise w.err(f"{at}.sweep.members", f"expected integers in 1..{n}, got {bad[0]!r}")
-            ens = {"members": n, "mode": mode, "report": rep, "combine": comb}
+            ens = {"members": n, "mode": mode, "report": rep, "combine": comb, "list": listed,
+                   "checkpoint": _check_checkpoint(w, f"{at}.ensemble.checkpoint", e.get("checkpoint"))}
         elif sweep is not None and sweep[0] == "members":
             raise w.err(f"{at}.sweep.members", "sweeping members needs an `ensemble:` row")
         published = _check_paper(w, f"{at}.paper", r.get("paper"), columns, metric_set, sweep, ens)
@@ -419,14 +498,16 @@ def load_study(path) -> Study:
                         _mapping(w, f"{at}.weights", r.get("weights")),
                         _str_list(w, f"{at}.overrides", r.get("overrides")),
                         _mapping(w, f"{at}.config", r.get("config")), tnames, tcs,
-                        {str(k): v or {} for k, v in tweaks.items()}, only, published, sweep, ens))
+                        {str(k): v or {} for k, v in tweaks.items()}, only, published, sweep, ens, offset))
     compare_to = data.get("compare_to")
     if compare_to is not None and compare_to not in labels:
         raise w.err("compare_to", f"{compare_to!r} is not the label of a row")
-    name = path.stem
-    return Study(name, path, title, paper, source, list(metrics), seeds, report, notes, base, columns,
+    layout = _check_layout(w, data.get("layout"), len(columns))
+    return Study(study_name, path, title, paper, source, list(metrics), seeds, report, notes, base, columns,
                  teachers, rows, compare_to,
-                 _run_metrics.check_options(data.get("metric_options"), f"{path.name}: metric_options"))
+                 metric_options=_run_metrics.check_options(data.get("metric_options"),
+                                                           f"{path.name}: metric_options"),
+                 layout=layout)
 
 
 def _paper_value(w: _Where, where: str, v, metrics: set) -> Dict[str, Tuple[float, Optional[float]]]:
@@ -527,6 +608,7 @@ class RunSpec:
     deps: List[str] = field(default_factory=list)
     combine: str = "mean_softmax"
     checkpoint: str = "last"             # ensembles: the members' checkpoint
+    member_checkpoints: List[Optional[str]] = field(default_factory=list)  # per member, None: ``checkpoint``
     where: str = ""                      # study-file location, for error messages
 
 
@@ -641,7 +723,15 @@ class _Planner:
         except ConfigError as exc:
             raise self.w.err(where, str(exc)) from None
 
-    def finish(self, data: dict, seed: int, label: str, column: str, where: str) -> RunConfig:
+    def run_id(self, row: str, col: str, seed: int) -> str:
+        """A run's id: its folder relative to the study folder (``layout.runs``)."""
+        return self.s.layout["runs"].format(row=row, column=col, seed=seed)
+
+    def teacher_id(self, name: str, col: str, seed: int) -> str:
+        return self.s.layout["teachers"].format(teacher=name, column=col, seed=seed)
+
+    def finish(self, data: dict, seed: int, label: str, column: str, where: str,
+               name: Optional[str] = None) -> RunConfig:
         data = self._apply(data, self.overrides, "command-line overrides")
         for sec in ("data", "model", "method", "optim", "schedule", "train"):
             if not isinstance(data.get(sec, {}), dict):
@@ -652,7 +742,10 @@ class _Planner:
         data.setdefault("train", {})["seed"] = seed
         # the run's label in final.json: the table line and the column, so that `softlabels
         # report` on a study folder groups seeds of one cell, never two columns
-        data["name"] = f"{label} · {column}"
+        if self.s.layout["names"] == "label":  # compare, pipeline: a run is named after its method or stage
+            data.setdefault("name", name or label)
+        else:
+            data["name"] = f"{label} · {column}"
         d = data.setdefault("data", {})
         if d.get("root") is None and self.data_root is not None:
             d["root"] = f"{self.data_root}/{d.get('name', 'digits')}"
@@ -682,7 +775,8 @@ class _Planner:
                 data = self._apply(data, [f"{key}={json.dumps(sweep_value)}"], f"rows[{row.index}].sweep")
             else:
                 data["method"]["options"][key] = sweep_value
-        return self.finish(data, seed, label, col, f"rows[{row.index}] ({row.label}) × column {col}")
+        return self.finish(data, seed + SEED_STRIDE * row.seed_offset, label, col,
+                           f"rows[{row.index}] ({row.label}) × column {col}")
 
     # -------------------------------------------------------------- teachers
     def teacher_refs(self, row: Row, col: str, seed: int) -> List[TeacherRef]:
@@ -703,11 +797,13 @@ class _Planner:
                 return TeacherRef(weights=weights, model=model)
             if t.row is not None:
                 return self.teacher(t.row, col, seed, t.checkpoint or checkpoint, f"teachers.{name}.row")
-            tid = f"_teachers/{name}/{col}/seed{seed}"
+            if t.run is not None:
+                return TeacherRef(run=self.external(t.run), checkpoint=t.checkpoint or checkpoint)
+            tid = self.teacher_id(name, col, seed)
             if tid not in self.runs:
                 data = _merge(self.column_base(col), t.config)
                 data = self._apply(data, t.overrides, f"teachers.{name}.overrides")
-                cfg = self.finish(data, seed, f"teacher {name}", col, f"teachers.{name} × column {col}")
+                cfg = self.finish(data, seed, f"teacher {name}", col, f"teachers.{name} × column {col}", name=name)
                 self.add(RunSpec(tid, "train", self.out / tid, col, seed, f"teacher {name} · {col} · seed {seed}",
                                  cfg=cfg, where=f"teachers.{name} × column {col}"))
             return TeacherRef(run=tid, checkpoint=t.checkpoint or checkpoint)
@@ -718,8 +814,27 @@ class _Planner:
             raise self.w.err(where, f"row {name!r} has no run in column {col} (only: {', '.join(row.only)})")
         return TeacherRef(run=self.plain_run(row, col, seed), checkpoint=checkpoint)
 
+    def external(self, run_dir: str) -> str:
+        """A finished run directory outside the study (a teacher or an ensemble member): a spec
+        of kind ``external`` that is never trained, only required to have finished."""
+        path = Path(_subst(run_dir, self.data_root)).expanduser()
+        key = str(path.resolve())
+        rid = next((i for i, r in self.runs.items() if r.kind == "external" and str(r.run_dir.resolve()) == key), None)
+        if rid is None:
+            rid = f"_external/{sum(r.kind == 'external' for r in self.runs.values()) + 1}"
+            cfg = None
+            if (path / "config.yaml").is_file():
+                from .engine.runs import RunDir
+
+                try:
+                    cfg = RunDir(path).config()
+                except SoftlabelsError:
+                    cfg = None
+            self.add(RunSpec(rid, "external", path, "", -1, f"run {path}", cfg=cfg, where=f"run {path}"))
+        return rid
+
     def plain_run(self, row: Row, col: str, seed: int) -> str:
-        rid = f"{row.slug}/{col}/seed{seed}"
+        rid = self.run_id(row.slug, col, seed)
         if rid not in self.runs:
             if rid in self._visiting:
                 raise self.w.err(f"rows[{row.index}].teachers", "the rows' teachers form a cycle")
@@ -735,6 +850,8 @@ class _Planner:
     # -------------------------------------------------------------- rows
     def plan_row(self, row: Row) -> List[Line]:
         cols = [c for c in self.columns if row.only is None or c in row.only]
+        if row.ensemble is not None and row.ensemble.get("list") is not None:
+            return [self.listed_ensemble(row, cols)]
         if row.ensemble is not None:
             return self.plan_ensemble(row, cols)
         if row.sweep is None:
@@ -751,7 +868,7 @@ class _Planner:
             for c in cols:
                 ids = []
                 for s in self.seeds:
-                    rid = f"{slug}/{c}/seed{s}"
+                    rid = self.run_id(slug, c, s)
                     if rid not in self.runs:
                         teachers = self.teacher_refs(row, c, s)
                         cfg = self.row_config(row, c, s, label, v)
@@ -762,6 +879,33 @@ class _Planner:
                 line.cells[c] = ids
             lines.append(line)
         return lines
+
+    def listed_ensemble(self, row: Row, cols: List[str]) -> Line:
+        """The ensemble of other rows' runs (same column and seed) and run directories."""
+        e = row.ensemble
+        line = Line(row.slug, row.label, row.index, "ensemble")
+        where = f"rows[{row.index}] ({row.label}) × column "
+        for c in cols:
+            for s in self.seeds:
+                members, cks = [], []
+                for m in e["list"]:
+                    if isinstance(m, dict):
+                        members.append(self.external(m["run"]))
+                        cks.append(m["checkpoint"])
+                        continue
+                    mrow = self.s.row(m)
+                    if mrow.sweep is not None or mrow.ensemble is not None or (mrow.only and c not in mrow.only):
+                        raise self.w.err(f"rows[{row.index}].ensemble.members", f"row {m!r} has no single run in "
+                                         f"column {c}")
+                    members.append(self.plain_run(mrow, c, s))
+                    cks.append(None)
+                rid = self.run_id(row.slug, c, s)
+                self.add(RunSpec(rid, "ensemble", self.out / rid, c, s, f"{row.label} · {c} · seed {s}",
+                                 cfg=self.runs[members[0]].cfg, members=members, deps=list(dict.fromkeys(members)),
+                                 combine=e["combine"], checkpoint=e.get("checkpoint") or self.s.report,
+                                 member_checkpoints=cks, where=where + c))
+                line.cells.setdefault(c, []).append(rid)
+        return line
 
     def plan_ensemble(self, row: Row, cols: List[str]) -> List[Line]:
         """Members (sequential: member n taught by members 1..n-1; independent: train.seed =
@@ -798,7 +942,7 @@ class _Planner:
                 own = self.teacher_refs(row, c, s)
                 members: List[str] = []
                 for k in range(1, n + 1):
-                    rid = f"{slug}--member{k}/{c}/seed{s}"
+                    rid = self.run_id(f"{slug}--member{k}", c, s)
                     mlabel = f"{label}: member {k}"
                     if e["mode"] == "sequential":
                         teachers = own + [TeacherRef(run=m, checkpoint=row.teacher_checkpoint) for m in members]
@@ -811,11 +955,12 @@ class _Planner:
                     members.append(rid)
                     member_lines[k - 1].cells.setdefault(c, []).append(rid)
                 for size, line in zip(sizes, ens_lines):
-                    rid = f"{line.key}/{c}/seed{s}"
+                    rid = self.run_id(line.key, c, s)
                     first = self.runs[members[0]]
                     self.add(RunSpec(rid, "ensemble", self.out / rid, c, s, f"{line.label} · {c} · seed {s}",
                                      cfg=first.cfg, members=members[:size], deps=members[:size],
-                                     combine=e["combine"], checkpoint=self.s.report, where=where + c))
+                                     combine=e["combine"], checkpoint=e.get("checkpoint") or self.s.report,
+                                     where=where + c))
                     line.cells.setdefault(c, []).append(rid)
         if "members" not in e["report"]:
             return ens_lines
@@ -953,6 +1098,8 @@ def check_plan(plan: Plan, *, throughput: Optional[float] = None, device: Option
     dev = None
     for spec in plan.runs:
         cfg = spec.cfg
+        if spec.kind == "external" and not is_done(spec):
+            chk.miss(f"{spec.where}: not a finished run (no valid final.json there)")
         if spec.kind != "train":
             continue
         unknown = [f"unknown {reg.kind} {n!r}" for reg, names in
@@ -1002,7 +1149,8 @@ def check_plan(plan: Plan, *, throughput: Optional[float] = None, device: Option
                 if not there:
                     chk.miss(f"weights file {f}: not found (needed by {spec.where})")
         for t in spec.teachers:
-            if t.run and t.checkpoint == "best" and plan.by_id()[t.run].cfg.data.val_fraction == 0:
+            if t.run and t.checkpoint == "best" and plan.by_id()[t.run].kind == "train" \
+                    and plan.by_id()[t.run].cfg.data.val_fraction == 0:
                 chk.miss(f"{spec.where}: teacher_checkpoint best needs the teacher run {t.run} to have a "
                          f"validation split (data.val_fraction > 0); use last")
             if t.weights and t.model:
@@ -1057,11 +1205,13 @@ def format_dry_run(plan: Plan, chk: Check, jobs: Optional[int] = None) -> str:
     s = plan.study
     n_lines = len(plan.lines)
     train = [r for r in plan.runs if r.kind == "train"]
+    n_ext = sum(r.kind == "external" for r in plan.runs)
     out = [f"study {s.name}: {s.title}",
            f"  source: {s.source if s.paper == 'none' else s.paper + ' ' + s.source}; metrics: {', '.join(s.metrics)}; reported epoch: {s.report}",
            f"  table: {n_lines} lines × {len(plan.columns)} columns × {len(plan.seeds)} seeds "
            f"(seeds {', '.join(map(str, plan.seeds))}); {len(train)} training runs, "
-           f"{len(plan.runs) - len(train)} ensemble evaluations" + ("; SMOKE (synthetic data, 1 epoch)" if plan.smoke else ""),
+           f"{sum(r.kind == 'ensemble' for r in plan.runs)} ensemble evaluations"
+           + (f", {n_ext} finished run(s) from elsewhere" if n_ext else "") + ("; SMOKE (synthetic data, 1 epoch)" if plan.smoke else ""),
            f"  folder: {plan.out}", "", "runs:"]
     rows = [("run", "dataset", "model", "method", "ep", "images", "est.", "after")]
     for r in plan.runs:
@@ -1070,6 +1220,8 @@ def format_dry_run(plan: Plan, chk: Check, jobs: Optional[int] = None) -> str:
             done = "done" if (r.run_dir / "final.json").is_file() else _hms(chk.seconds.get(r.id, float("nan")))
             rows.append((r.id, c.data.name, c.model.name, c.method.name, str(c.train.epochs),
                          str(chk.images.get(r.id, "")), done, ", ".join(t.describe() for t in r.teachers) or "-"))
+        elif r.kind == "external":
+            rows.append((r.id, "", "", f"finished run {r.run_dir}", "", "", "done" if is_done(r) else "MISSING", "-"))
         else:
             rows.append((r.id, "", "", f"ensemble of {len(r.members)}", "", "", "", "members"))
     widths = [max(len(x[i]) for x in rows) for i in range(len(rows[0]))]
@@ -1118,6 +1270,8 @@ def _set_aside(path: Path) -> None:
 
 # keys that do not change what a run computes: a finished run is reused whatever they are
 RUNTIME_KEYS = {"out_dir", "train.device", "train.threads", "data.workers", "data.eval_batch_size"}
+# RunConfig and its sections: a key the saved run has and the config no longer knows is no difference
+CONFIG_SECTIONS = {"", "data", "model", "method", "optim", "schedule", "train"}
 
 
 def _config_differs(run_dir: Path, cfg: RunConfig) -> Optional[str]:
@@ -1134,6 +1288,10 @@ def _config_differs(run_dir: Path, cfg: RunConfig) -> Optional[str]:
         if isinstance(want, dict):
             if not isinstance(got, dict):
                 return trail
+            if trail not in CONFIG_SECTIONS:  # options, weights: a key only the saved run has differs too
+                extra = sorted(str(k) for k in set(got) - set(want))
+                if extra:
+                    return f"{trail}.{extra[0]}"
             for k, v in want.items():
                 if (f"{trail}.{k}" if trail else k) in RUNTIME_KEYS or k not in got:
                     continue  # a key newer than the saved run keeps its default: not a difference
@@ -1151,7 +1309,8 @@ def _config_differs(run_dir: Path, cfg: RunConfig) -> Optional[str]:
 
 def _teacher_models(spec: RunSpec, plan_runs: Dict[str, RunSpec]):
     """The frozen teachers of a run, through the run manager (so the student's environment.json
-    records each teacher's run or file and its sha256)."""
+    records each teacher's run or file and its sha256). A teacher from a weights file gets the
+    model options it does not set from the student's model (``runs.teacher_model_options``)."""
     from .engine.runs import load_teacher
 
     models, shape = [], None
@@ -1166,52 +1325,96 @@ def _teacher_models(spec: RunSpec, plan_runs: Dict[str, RunSpec]):
             shape = (ds.num_classes, ds.in_channels)
         models.append(load_teacher({"weights": t.weights, "model": {"name": t.model["name"],
                                                                      "options": t.model.get("options") or {}}},
-                                   num_classes=shape[0], in_channels=shape[1], where=spec.where))
+                                   num_classes=shape[0], in_channels=shape[1], student=spec.cfg.model,
+                                   where=spec.where))
     return models
 
 
+def _member_label(spec: RunSpec) -> str:
+    return str(spec.run_dir) if spec.kind == "external" else spec.what.split(" · ")[0]
+
+
 def evaluate_ensemble(spec: RunSpec, plan_runs: Dict[str, RunSpec], rt) -> dict:
-    """Test metrics of an ensemble of finished member runs (``evaluate.ensemble``)."""
+    """Test metrics of an ensemble of finished member runs (``evaluate.ensemble``), written to
+    ``ensemble.json`` under the evaluation's run lock (two launchers never evaluate it at once;
+    one that finds it written reads it back). The one ensemble evaluation of study, compare and
+    pipeline."""
+    import contextlib
+
     from .data.prepare import build_loaders, prepare_data
-    from .engine.checkpoint import atomic_write_text
-    from .engine.runs import load_model_from_run
+    from .engine.checkpoint import atomic_write_text, storage
+    from .engine.runs import RunDir
     from .evaluate.ensemble import ensemble_metrics
 
-    cfg = spec.cfg
-    data = prepare_data(cfg.data)
-    _, _, test = build_loaders(data, cfg.data, device=rt.device, seed=0, rank=0, world=1, channels_last=False)
-    models = [load_model_from_run(plan_runs[m].run_dir, spec.checkpoint).to(rt.device) for m in spec.members]
-    res = ensemble_metrics(models, test, data.num_classes, device=rt.device)
-    out = {"run": {"label": spec.what.split(" · ")[0], "seed": spec.seed, "dataset": cfg.data.name,
-                   "model": cfg.model.name, "method": f"ensemble:{cfg.method.name}"},
-           "members": [str(plan_runs[m].run_dir) for m in spec.members], "checkpoint": spec.checkpoint,
-           "combine": spec.combine, "test": res[spec.combine], "member_metrics": res["members"],
-           "mean_softmax": res["mean_softmax"], "sum_logits": res["sum_logits"]}
-    if rt.is_main:
+    with storage(spec.run_dir):
         spec.run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(spec.run_dir / "ensemble.json", json.dumps(out, indent=1))
-    return out
+    with RunDir(spec.run_dir).lock() if rt.is_main else contextlib.nullcontext():
+        done = _read_json(spec.run_dir / "ensemble.json")
+        if done is not None:
+            return done
+        members = [plan_runs[m] for m in spec.members]
+        cfg = spec.cfg or RunDir(members[0].run_dir).config()
+        data = prepare_data(cfg.data)
+        _, _, test = build_loaders(data, cfg.data, device=rt.device, seed=0, rank=0, world=1, channels_last=False)
+        cks = spec.member_checkpoints or [None] * len(members)
+        models = [RunDir(m.run_dir).load_model(ck or spec.checkpoint, num_classes=data.num_classes).to(rt.device)
+                  for m, ck in zip(members, cks)]
+        res = ensemble_metrics(models, test, data.num_classes, device=rt.device)
+        out = {"run": {"label": spec.what.split(" · ")[0], "seed": spec.seed, "dataset": cfg.data.name,
+                       "model": cfg.model.name, "method": f"ensemble:{cfg.method.name}"},
+               "stages": [_member_label(m) for m in members], "member_runs": [str(m.run_dir) for m in members],
+               "checkpoint": spec.checkpoint, "member_checkpoints": [ck or spec.checkpoint for ck in cks],
+               "combine": spec.combine, "test": res[spec.combine], "members": res["members"],
+               "mean_softmax": res["mean_softmax"], "sum_logits": res["sum_logits"]}
+        if rt.is_main:
+            atomic_write_text(spec.run_dir / "ensemble.json", json.dumps(out, indent=1))
+        return out
 
 
 def result_file(spec: RunSpec) -> Path:
-    return spec.run_dir / ("final.json" if spec.kind == "train" else "ensemble.json")
+    return spec.run_dir / ("ensemble.json" if spec.kind == "ensemble" else "final.json")
 
 
 def is_done(spec: RunSpec) -> bool:
     return _read_json(result_file(spec)) is not None
 
 
+def is_reusable(spec: RunSpec) -> bool:
+    """Finished as planned: its result is there and, for a training, its config is the planned
+    one (:data:`RUNTIME_KEYS` aside)."""
+    return is_done(spec) and (spec.kind != "train" or not _config_differs(spec.run_dir, spec.cfg))
+
+
+def check_run_dirs(plan: Plan) -> None:
+    """Before anything runs: every planned training whose folder already holds a run must be
+    that run (:func:`_config_differs`, as :func:`execute_run` checks), else one ConfigError
+    naming the key. compare and pipeline refuse a folder made with other settings up front."""
+    for spec in plan.runs:
+        key = _config_differs(spec.run_dir, spec.cfg) if spec.kind == "train" else None
+        if key:
+            raise ConfigError(f"{key}: {spec.run_dir} holds a run made with another {key}; the same folder with "
+                              f"other settings would mix two experiments (give another --out)")
+
+
 def execute_run(spec: RunSpec, plan: Plan, rt, progress=None) -> Tuple[str, dict]:
     """Run one spec whose dependencies have finished: ("reused" | "done", its result). A result
     file that is torn is set aside and the run redone; a run directory holding a run of another
-    config is refused (CheckpointError)."""
+    config is refused (CheckpointError). An ``external`` run is only read: it must have finished."""
     from .config import validate_registered
     from .engine.runs import train_or_reuse
     from .errors import CheckpointError
 
     res_path = result_file(spec)
+    if spec.kind == "external":
+        done = _read_json(res_path)
+        if done is None:
+            raise CheckpointError(f"{spec.run_dir}: not a finished run (no valid final.json there)")
+        return "reused", done
     if res_path.exists() and _read_json(res_path) is None:
         _set_aside(res_path)
+        from .engine.runs import _say
+
+        _say(f"{res_path}: torn; set aside, {spec.what} is redone (a training from its last checkpoint)")
     if spec.kind == "train":
         try:
             validate_registered(spec.cfg)
@@ -1221,9 +1424,8 @@ def execute_run(spec: RunSpec, plan: Plan, rt, progress=None) -> Tuple[str, dict
         if differs:
             raise CheckpointError(f"{spec.run_dir} holds a run of another config ({differs} differs); "
                                   f"delete it or give another --out")
-    done = _read_json(res_path)
-    if done is not None:
-        return "reused", done
+    if is_reusable(spec):
+        return "reused", _read_json(res_path)
     runs = plan.by_id()
     if spec.kind == "ensemble":
         return "done", evaluate_ensemble(spec, runs, rt)
@@ -1236,10 +1438,13 @@ def execute_run(spec: RunSpec, plan: Plan, rt, progress=None) -> Tuple[str, dict
 def run_plan(plan: Plan, *, device: Optional[str] = None, show_progress: bool = True, stream=None,
              launch=None) -> Dict[str, dict]:
     """Execute the plan's runs in order. Returns ``{run id: {"status": reused | done | failed |
-    skipped, "error": text, "seconds": s}}``; a failed run (an unregistered name or a bad option
-    in its config, missing data, a fault while training) is reported, its dependents are
-    skipped, the others go on. ``launch`` (a ``launch.LaunchOptions`` asking for parallel or
-    SLURM runs) hands the plan to ``launch.launch_plan``: each run in its own process or job."""
+    skipped, "error": text, "seconds": s}}`` (a failed run also has the ``exit_code`` of its
+    error); a failed run (an unregistered name or a bad option in its config, missing data, a
+    fault while training) is reported, its dependents are skipped, the others go on. ``launch``
+    (a ``launch.LaunchOptions`` asking for parallel or SLURM runs) hands the plan to
+    ``launch.launch_plan``: each run in its own process or job. The one runner of study,
+    compare and pipeline."""
+    from .engine.runs import progress_bar
     from .engine.runtime import setup_runtime
 
     stream = stream or sys.stderr
@@ -1247,9 +1452,10 @@ def run_plan(plan: Plan, *, device: Optional[str] = None, show_progress: bool = 
         from .launch import launch_plan
 
         return launch_plan(plan, launch, device=device, stream=stream)
-    rt = setup_runtime(device or (plan.runs[0].cfg.train.device if plan.runs else "auto"))
+    first = next((r.cfg for r in plan.runs if r.cfg is not None), None)
+    rt = setup_runtime(device or (first.train.device if first is not None else "auto"))
     plan.out.mkdir(parents=True, exist_ok=True)
-    if rt.is_main:
+    if rt.is_main and plan.study.path.resolve() != (plan.out / "study.yaml").resolve():
         (plan.out / "study.yaml").write_text(plan.study.path.read_text())
     status: Dict[str, dict] = {}
     total = len(plan.runs)
@@ -1260,12 +1466,8 @@ def run_plan(plan: Plan, *, device: Optional[str] = None, show_progress: bool = 
             status[spec.id] = {"status": "skipped", "error": f"needs {bad[0]}, which did not finish"}
             print(f"[{i + 1}/{total}] {spec.what}: skipped (needs {bad[0]})", file=stream)
             continue
-        bar = None
-        if show_progress and rt.is_main and spec.kind == "train" and not is_done(spec):
-            from tqdm.auto import tqdm
-
-            bar = tqdm(total=None, unit="step", dynamic_ncols=True, file=stream, mininterval=0.5,
-                       desc=f"[{i + 1}/{total}] {spec.what}", leave=False)
+        bar = progress_bar(show_progress and rt.is_main and spec.kind == "train" and not is_done(spec),
+                           f"[{i + 1}/{total}] {spec.what}")
         t0 = time.time()
         try:
             state, _ = execute_run(spec, plan, rt, progress=bar)
@@ -1275,9 +1477,9 @@ def run_plan(plan: Plan, *, device: Optional[str] = None, show_progress: bool = 
         except KeyboardInterrupt:
             raise
         except Exception as exc:  # a failing run is reported; the others go on
-            first = (str(exc).splitlines() or [type(exc).__name__])[0]
-            msg = first if isinstance(exc, SoftlabelsError) else f"{type(exc).__name__}: {first}"
-            status[spec.id] = {"status": "failed", "error": msg}
+            first_line = (str(exc).splitlines() or [type(exc).__name__])[0]
+            msg = first_line if isinstance(exc, SoftlabelsError) else f"{type(exc).__name__}: {first_line}"
+            status[spec.id] = {"status": "failed", "error": msg, "exit_code": getattr(exc, "exit_code", 1)}
             print(f"[{i + 1}/{total}] {spec.what}: FAILED: {msg} ({left} left)", file=stream)
         finally:
             if bar is not None:
@@ -1287,6 +1489,61 @@ def run_plan(plan: Plan, *, device: Optional[str] = None, show_progress: bool = 
 
         atomic_write_text(plan.out / "status.json", json.dumps(status, indent=1))
     return status
+
+
+# ---------------------------------------------------------------------- front-ends (compare, pipeline)
+TRANSLATED_FILE = "study.yaml"   # a front-end's study, next to its runs (a launcher's children plan from it)
+
+
+def plan_translated(mapping: dict, out: Path, seeds: Sequence[int], name: str) -> Tuple[Plan, str]:
+    """(plan, file text) of a study mapping made by a front-end (``compare``, ``pipeline``),
+    checked and planned exactly as the file ``OUT/study.yaml`` will read back. Nothing is
+    written: a dry run or a refused input leaves no folder behind."""
+    import yaml
+
+    from .config import load_yaml_text
+
+    path = Path(out) / TRANSLATED_FILE
+    text = (f"# written by `softlabels {name}`: the runs of this folder as a study (docs/study-schema.md)\n"
+            + yaml.safe_dump(mapping, sort_keys=False, allow_unicode=True))
+    study = load_study(path, data=load_yaml_text(text, str(path)), name=name)
+    return plan_study(study, out, seeds=list(seeds)), text
+
+
+def run_translated(plan: Plan, text: str, *, launch=None, device: Optional[str] = None,
+                   show_progress: bool = True, stream=None, files: Optional[Dict[str, str]] = None) -> Dict[str, dict]:
+    """Run a front-end's plan through the one runner: every existing run folder is checked to be
+    the planned run first (:func:`check_run_dirs`: one ConfigError before anything trains), the
+    study file (and ``files``: name -> text, e.g. the pipeline file) is written next to the runs,
+    then :func:`run_plan`. Without ``show_progress`` nothing is printed per run (the front-end
+    reports failures in one line at the end)."""
+    import io
+
+    from .engine.checkpoint import atomic_write_text, storage
+
+    check_run_dirs(plan)
+    if device is None:  # train.device set in the config (--device cpu): the launcher's device too
+        devices = {r.cfg.train.device for r in plan.runs if r.kind == "train"}
+        device = devices.pop() if len(devices) == 1 and "auto" not in devices else None
+    with storage(plan.out):
+        plan.out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(plan.study.path, text)
+    for name, content in (files or {}).items():
+        atomic_write_text(plan.out / name, content)
+    return run_plan(plan, device=device, show_progress=show_progress, launch=launch,
+                    stream=(stream or sys.stderr) if show_progress else io.StringIO())
+
+
+def plan_failure(status: Dict[str, dict], what: str) -> Optional[SoftlabelsError]:
+    """The one-line error for runs of a plan that did not finish (None when all did), with the
+    exit code of the first failure."""
+    failed = [k for k, v in status.items() if v["status"] in ("failed", "skipped")]
+    if not failed:
+        return None
+    first = status[failed[0]]
+    err = SoftlabelsError(f"{what}: {len(failed)} run(s) did not finish (first: {failed[0]}: {first['error']})")
+    err.exit_code = first.get("exit_code", 1)
+    return err
 
 
 # ====================================================================== the table

@@ -519,16 +519,13 @@ def teacher_model_options(student, name: Optional[str], options: Optional[dict] 
     return {**inherited, **(options or {})}
 
 
-def load_teacher(spec, *, checkpoint: str = "best", num_classes: Optional[int] = None,
-                 in_channels: Optional[int] = None, student=None, where: str = "teacher"):
-    """A frozen teacher from ``{run: DIR, checkpoint: NAME}`` or from a weights file with its full
-    model config: ``{weights: FILE, model: NAME | {name, options}, options: {...}}`` (options
-    not given follow :func:`teacher_model_options` from the ``student``'s ModelConfig). The
-    model carries ``softlabels_source`` (path and sha256) for the student's environment.json."""
-    from ..models import build_model
-
+def teacher_spec(spec, where: str = "teacher") -> dict:
+    """A teacher given as ``{run: DIR, checkpoint: NAME}`` or as a weights file with its model,
+    ``{weights: FILE, model: NAME | {name, options}, options: {...}}``, in one form:
+    ``{run[, checkpoint]}`` or ``{weights, model: {name, options}}`` (the model's options and the
+    spec's own merged); one ConfigError for anything else."""
     if isinstance(spec, dict) and "run" in spec:
-        return RunDir(spec["run"]).load_model(spec.get("checkpoint", checkpoint), num_classes=num_classes)
+        return {k: v for k, v in (("run", str(spec["run"])), ("checkpoint", spec.get("checkpoint"))) if v is not None}
     if isinstance(spec, dict) and "weights" in spec and "model" in spec:
         model_spec = spec["model"]
         if isinstance(model_spec, dict):
@@ -537,16 +534,31 @@ def load_teacher(spec, *, checkpoint: str = "best", num_classes: Optional[int] =
             name, own = model_spec["name"], {**(model_spec.get("options") or {}), **(spec.get("options") or {})}
         else:
             name, own = str(model_spec), dict(spec.get("options") or {})
-        options = teacher_model_options(student, name, own)
-        if num_classes is None or in_channels is None:
-            raise ConfigError(f"{where}: a teacher from a weights file needs the dataset's classes and channels")
-        model = build_model(name, num_classes, in_channels, options, spec["weights"]).eval()
-        path = Path(spec["weights"])
-        model.softlabels_source = {"weights": str(path.resolve()), "sha256": file_sha256(path),
-                                   "model": {"name": name, "options": options}}
-        return model
+        return {"weights": str(spec["weights"]), "model": {"name": name, "options": own}}
     raise ConfigError(f"{where} {spec!r}: expected a stage name, {{run: DIR}} or "
                       f"{{weights: FILE, model: NAME or {{name, options}}}}")
+
+
+def load_teacher(spec, *, checkpoint: str = "best", num_classes: Optional[int] = None,
+                 in_channels: Optional[int] = None, student=None, where: str = "teacher"):
+    """A frozen teacher from a :func:`teacher_spec` (a run directory, or a weights file with
+    its full model config; options not given follow :func:`teacher_model_options` from the
+    ``student``'s ModelConfig). The model carries ``softlabels_source`` (path and sha256) for
+    the student's environment.json."""
+    from ..models import build_model
+
+    spec = teacher_spec(spec, where)
+    if "run" in spec:
+        return RunDir(spec["run"]).load_model(spec.get("checkpoint", checkpoint), num_classes=num_classes)
+    name = spec["model"]["name"]
+    options = teacher_model_options(student, name, spec["model"]["options"])
+    if num_classes is None or in_channels is None:
+        raise ConfigError(f"{where}: a teacher from a weights file needs the dataset's classes and channels")
+    model = build_model(name, num_classes, in_channels, options, spec["weights"]).eval()
+    path = Path(spec["weights"])
+    model.softlabels_source = {"weights": str(path.resolve()), "sha256": file_sha256(path),
+                               "model": {"name": name, "options": options}}
+    return model
 
 
 def teacher_record(teachers: Sequence) -> List[dict]:
