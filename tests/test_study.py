@@ -182,6 +182,7 @@ def test_digits_study_end_to_end(tmp_path, capsys):
     md = (out / "table.md").read_text()
     for label in ("KD (temperature=2.0)", "KD (temperature=4.0)", "Base: member 2", "(n = 1)", "vs CE"):
         assert label in md, label
+    assert "no published numbers" in md and "Δ = ours − paper" not in md  # the legend fits the study
     for ext in ("csv", "tex", "json", "png"):
         assert (out / f"table.{ext}").stat().st_size > 0
     assert (out / "table.png").read_bytes()[:4] == b"\x89PNG"
@@ -257,6 +258,7 @@ def test_smoke_run_builds_the_table_with_verdicts(tmp_path, capsys):
     assert ("cs-kd--lam-1", "cub-r18", "top1_error") not in cells  # `only`
     md = (out / "table.md").read_text()
     assert "24.71 ± 0.24 · Δ" in md and ("✔" in md or "✘" in md)
+    assert "Δ = ours − paper" in md
     assert "CS-KD (lam=1)" in md and "SMOKE" in md
     tex = (out / "table.tex").read_text()
     assert r"\begin{tabular}" in tex and r"$\pm$" in tex

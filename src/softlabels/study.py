@@ -1940,8 +1940,9 @@ def format_markdown(table: Table) -> str:
             f"seeds {', '.join(map(str, table.plan.seeds))}" + (" — SMOKE run (synthetic data, 1 epoch): "
                                                                  "the numbers mean nothing" if table.plan.smoke else "."),
             "",
-            "Each cell: ours mean ± std (seeds) · paper · Δ = ours − paper · ✔ when |Δ| ≤ 2·√(σ_paper² + σ_ours²) "
-            "(σ_paper = 0 where the paper prints none), ✘ otherwise." +
+            ("Each cell: ours mean ± std (seeds) · paper · Δ = ours − paper · ✔ when |Δ| ≤ 2·√(σ_paper² + σ_ours²) "
+             "(σ_paper = 0 where the paper prints none), ✘ otherwise." if any(r.paper for r in s.rows) else
+             "Each cell: ours mean ± std (seeds); the study has no published numbers.") +
             (f" `vs {s.compare_to}`: mean paired difference over seeds, seeds that improved, paired t-test p."
              if s.compare_to else ""), ""]
 
