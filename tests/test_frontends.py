@@ -237,6 +237,8 @@ def test_study_schema_layout_listed_ensembles_external_runs_and_seed_offsets(tmp
     ({"columns": {"a": {}, "b": {}}, "layout": {"runs": "{row}/{seed}"}}, "and {column}"),
     ({"teachers": {"ext": {"run": "x", "checkpoint": "final"}}}, "teachers.ext.checkpoint: expected last, best, ema"),
     ({"rows": [{"label": "E", "ensemble": {"members": ["E"]}}]}, "rows[0].ensemble.members[0]: expected the label"),
+    ({"rows": [{"label": "A", "method": "ce"}, {"label": "E", "ensemble": {"members": ["A"]}}]},
+     "rows[1].ensemble.members: an ensemble needs at least 2 members"),
     ({"rows": [{"label": "A", "method": "ce", "slug": "_a"}]}, "rows[0].slug"),
     ({"rows": [{"label": "A", "method": "ce", "seed_offset": -1}]}, "rows[0].seed_offset"),
 ])
@@ -247,3 +249,20 @@ def test_bad_layout_and_new_row_keys_are_one_line_errors(tmp_path, change, needl
     with pytest.raises(ConfigError) as info:
         load_study(_study(tmp_path, **change))
     assert needle in str(info.value) and "\n" not in str(info.value)
+
+
+def test_compare_refuses_a_teacher_that_needs_a_teacher(tmp_path, capsys):
+    # the kd teacher run would need a teacher itself: refused before anything trains, not after ce
+    for methods in ("ce,glr", "kd"):
+        assert main(["compare", *SMALL, "--methods", methods, "--seeds", "1", "--teacher", "kd",
+                     "--out", str(tmp_path / "o")]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("softlabels: error: --teacher kd: that method needs a teacher itself") and "\n" not in err
+        assert not (tmp_path / "o").exists()
+
+
+def test_compare_without_validation_split_says_it_reports_the_last_epoch(tmp_path, capsys):
+    assert main(["compare", *SMALL, "--methods", "ce", "--seeds", "1", "data.val_fraction=0",
+                 "--out", str(tmp_path / "o")]) == 0
+    out = capsys.readouterr().out
+    assert "Test metrics (last epoch)" in out and "chosen on validation" not in out

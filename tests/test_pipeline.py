@@ -26,6 +26,7 @@ def test_sequence_expands_with_all_earlier_members_as_teachers():
     ([{"name": "a", "epochs": 3}], "unknown stage key"),
     ([{"name": "a", "sequence": 0}], "sequence: expected an integer >= 1"),
     ([{"name": "e", "ensemble": ["x"]}], "not an earlier stage"),
+    ([{"name": "a"}, {"name": "e", "ensemble": ["a"]}], "an ensemble needs at least 2 members, got 1"),
     ([], "non-empty list"),
 ])
 def test_bad_pipelines_are_one_line_config_errors(stages, needle):

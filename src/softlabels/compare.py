@@ -103,9 +103,7 @@ def compare_study(runs: List[RunConfig], *, which: str = "best", teacher_method:
     and give its folder a tag (the overrides' hash)."""
     import hashlib
 
-    from .engine.runs import method_requires
-
-    needs = [max(r.teachers, 1 if r.uses_teachers else 0) for r in map(method_requires, runs)]
+    needs = [_needs_teacher(r) for r in runs]
     if max(needs) > 1:
         raise ConfigError("compare supplies one teacher per seed; methods that need more "
                           "(e.g. long orthogonal ensembles) run through `softlabels pipeline`")
@@ -121,6 +119,9 @@ def compare_study(runs: List[RunConfig], *, which: str = "best", teacher_method:
                "weights": method["weights"], "config": data, "teacher_checkpoint": "best"}
         if need:
             tcfg = teacher_config(cfg, teacher_method, teacher_model, teacher_overrides)
+            if _needs_teacher(tcfg):
+                raise ConfigError(f"--teacher {teacher_method}: that method needs a teacher itself; give compare's "
+                                  f"teacher a method that trains alone (e.g. ce), or chain them in a pipeline")
             twin = next((c for c, _ in first.values() if c.method.name == teacher_method and c.method.options == {}
                          and _same_run(c, tcfg)), None)
             if twin is not None:
@@ -137,6 +138,14 @@ def compare_study(runs: List[RunConfig], *, which: str = "best", teacher_method:
             "report": which if which == "last" or all(c.data.val_fraction > 0 for c in runs) else "last",
             "columns": {slugify(c0.data.name): {"label": c0.data.name}},
             "teachers": teachers, "rows": rows, "layout": dict(LAYOUT)}
+
+
+def _needs_teacher(cfg: RunConfig) -> int:
+    """How many teacher models a config's method needs (0 for one that trains alone)."""
+    from .engine.runs import method_requires
+
+    r = method_requires(cfg)
+    return max(r.teachers, 1 if r.uses_teachers else 0)
 
 
 def plan_compare(runs: List[RunConfig], out: Path, **teacher_rules):
@@ -170,6 +179,7 @@ def run_compare(runs: List[RunConfig], out: Path, *, baseline: Optional[str] = N
                 if is_done(specs[rid])]
     result = {"run_dirs": [str(d) for d in run_dirs], "table": None, "status": status}
     if run_dirs and _is_main():
+        which = plan.study.report  # "last" when a run has no validation split to choose on (compare_study)
         rows = aggregate(run_dirs, which=which)
         text = format_table(rows, METRICS, baseline=baseline, fmt="text")
         (out / "table.md").write_text(format_table(rows, METRICS, baseline=baseline, fmt="markdown") + "\n")

@@ -118,6 +118,8 @@ def parse_pipeline(data: dict, where: str = "pipeline") -> tuple:
         for t in [t for t in (s.ensemble or []) + s.teachers if isinstance(t, str)]:
             if t not in before:
                 raise ConfigError(f"{where}: stage {s.name!r} refers to {t!r}, which is not an earlier stage")
+        if s.ensemble is not None and len(s.ensemble) < 2:
+            raise ConfigError(f"{where}: stage {s.name!r}: an ensemble needs at least 2 members, got {len(s.ensemble)}")
     return base, stages
 
 

@@ -466,6 +466,8 @@ def load_study(path, data: Optional[dict] = None, name: Optional[str] = None) ->
                     else:
                         raise w.err(mat, f"expected the label of another row or {{run: DIR, checkpoint: NAME}}, "
                                     f"got {m!r}")
+                if len(listed) < 2:
+                    raise w.err(f"{at}.ensemble.members", f"an ensemble needs at least 2 members, got {len(listed)}")
                 if sweep is not None:
                     raise w.err(f"{at}.sweep", "an ensemble of listed members cannot be swept")
                 n = len(listed)
