@@ -266,3 +266,24 @@ def test_compare_without_validation_split_says_it_reports_the_last_epoch(tmp_pat
                  "--out", str(tmp_path / "o")]) == 0
     out = capsys.readouterr().out
     assert "Test metrics (last epoch)" in out and "chosen on validation" not in out
+
+
+@pytest.mark.parametrize("extra,needle", [
+    (["--teacher-model", "lenet5"], "--teacher-model lenet5: no compared method needs a teacher (ce, ls)"),
+    (["teacher:optim.lr=0.01"], "teacher:optim.lr=0.01: no compared method needs a teacher (ce, ls)"),
+    (["kd:optim.lr=0.01"], "'kd' is not one of the compared methods (ce, ls)"),
+])
+def test_compare_teacher_settings_without_a_teacher_based_method_are_refused(tmp_path, capsys, extra, needle):
+    assert main(["compare", *SMALL, "--methods", "ce,ls", "--seeds", "1", "--out", str(tmp_path / "o"), *extra]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("softlabels: error:") and needle in err and "\n" not in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_study_or_pipeline_file_that_is_not_a_mapping_is_named_as_such(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("- a\n- b\n")
+    for cmd, what in (("study", "study file"), ("pipeline", "pipeline file")):
+        assert main([cmd, str(bad), "--out", str(tmp_path / "o"), "--dry-run"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err == f"softlabels: error: {what} {bad}: expected a mapping at the top level"

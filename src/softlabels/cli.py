@@ -163,7 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("pipeline", help="run named stages, each after the stages it needs (teacher → student, "
                        "baseline → FocusNet, sequential ensembles)", epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("file", help="pipeline YAML: base config and stages (see docs/pipelines.md)")
-    p.add_argument("--out", help="pipeline folder (default: RUNS/pipeline-<file>-<time>); an existing one is "
+    p.add_argument("--out", help="pipeline folder (default: runs/pipeline-<file>-<time>); an existing one is "
                    "continued: finished stages are kept, an interrupted one resumed")
     p.add_argument("--seeds", type=_int_in(1, 10_000), default=1,
                    help="run the whole pipeline for seeds 0..N-1 (default 1)")

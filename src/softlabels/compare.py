@@ -107,6 +107,9 @@ def compare_study(runs: List[RunConfig], *, which: str = "best", teacher_method:
     if max(needs) > 1:
         raise ConfigError("compare supplies one teacher per seed; methods that need more "
                           "(e.g. long orthogonal ensembles) run through `softlabels pipeline`")
+    if not any(needs) and (teacher_overrides or teacher_model):
+        what = f"--teacher-model {teacher_model}" if teacher_model else f"teacher:{teacher_overrides[0]}"
+        raise ConfigError(f"{what}: no compared method needs a teacher ({', '.join(dict.fromkeys(c.method.name for c in runs))})")
     tag = "-" + hashlib.sha256("\n".join(teacher_overrides).encode()).hexdigest()[:8] if teacher_overrides else ""
     first = {}  # method -> its config at the first seed (seeds differ in train.seed only)
     for cfg, need in zip(runs, needs):

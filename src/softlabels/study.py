@@ -289,7 +289,7 @@ def load_study(path, data: Optional[dict] = None, name: Optional[str] = None) ->
     it will be written); ``name``: the study's name (default: the file's stem)."""
     path, study_name = Path(path), name or Path(path).stem
     w = _Where(path.name)
-    data = load_yaml(str(path)) if data is None else data
+    data = load_yaml(str(path), what="study file") if data is None else data
     _keys(w, "", data, TOP_KEYS)
     for k in REQUIRED_TOP:
         if k not in data:
