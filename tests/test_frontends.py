@@ -4,6 +4,7 @@ layout are reused, the one ensemble evaluation takes the run lock, --dry-run pla
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -67,6 +68,9 @@ def test_pipeline_jobs_2_matches_jobs_1(tmp_path, capsys):
     p.write_text(yaml.safe_dump(PIPELINE))
     for out, extra in (("seq", []), ("par", ["--jobs", "2"])):
         assert main(["pipeline", str(p), "--out", str(tmp_path / out), "--no-progress", *extra]) == 0
+        printed = capsys.readouterr().out  # the members' errors with 2 decimals, like the others
+        assert re.search(r"ens +mean_softmax \d+\.\d\d, sum_logits \d+\.\d\d, "
+                         r"members_top1_error \[\d+\.\d\d, \d+\.\d\d, \d+\.\d\d\]\n", printed), printed
     seq, par = (json.loads((tmp_path / o / "pipeline.json").read_text()) for o in ("seq", "par"))
     assert seq == par and set(par["seed0"]) == {"teacher", "student", "other", "ens"}
     ens = [json.loads((tmp_path / o / "seed0/ens/ensemble.json").read_text()) for o in ("seq", "par")]

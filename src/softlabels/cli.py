@@ -399,10 +399,17 @@ def cmd_pipeline(args) -> int:
     for seed, stages in summary.items():
         print(f"{seed}:")
         for name, brief in stages.items():
-            figures = ", ".join(f"{k} {v:.2f}" if isinstance(v, float) else f"{k} {v}" for k, v in brief.items())
+            figures = ", ".join(f"{k} {_figure(v)}" for k, v in brief.items())
             print(f"  {name:<16} {figures}")
     print(f"pipeline folder: {out}")
     return 0
+
+
+def _figure(v) -> str:
+    """A pipeline summary's figure: errors with 2 decimals (lists of them too)."""
+    if isinstance(v, list):
+        return "[" + ", ".join(map(_figure, v)) + "]"
+    return f"{v:.2f}" if isinstance(v, float) else str(v)
 
 
 STUDY_EPILOG = """Examples:
