@@ -270,6 +270,11 @@ def test_compare_without_validation_split_says_it_reports_the_last_epoch(tmp_pat
                  "--out", str(tmp_path / "o")]) == 0
     out = capsys.readouterr().out
     assert "Test metrics (last epoch)" in out and "chosen on validation" not in out
+    # the dry run of other settings over that folder names the clash (not "done"), as the run would
+    assert main(["compare", *SMALL, "--methods", "ce", "--seeds", "1", "data.val_fraction=0", "train.epochs=2",
+                 "--out", str(tmp_path / "o"), "--dry-run"]) == 1
+    err = capsys.readouterr().err
+    assert "train.epochs: " in err and "holds a run made with another train.epochs" in err
 
 
 @pytest.mark.parametrize("extra,needle", [
