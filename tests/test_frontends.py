@@ -296,3 +296,11 @@ def test_a_study_or_pipeline_file_that_is_not_a_mapping_is_named_as_such(tmp_pat
         assert main([cmd, str(bad), "--out", str(tmp_path / "o"), "--dry-run"]) == 2
         err = capsys.readouterr().err.strip()
         assert err == f"softlabels: error: {what} {bad}: expected a mapping at the top level"
+
+
+def test_pipeline_help_says_what_the_command_does(capsys):
+    with pytest.raises(SystemExit):
+        main(["pipeline", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "default: runs/pipeline-<file>-<time>" in text and "name of a packaged recipe" in text
+    assert "without --jobs and --devices, one run after the other in this process" in text

@@ -85,9 +85,11 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
                    help="dry run: training images/s to estimate with (default: measured on this machine)")
     g = p.add_argument_group("parallel and cluster runs (docs/studies.md, 'Many GPUs, SLURM')")
     g.add_argument("--jobs", type=_int_in(1, 4096), metavar="N", help="run up to N runs at once, each in its own process "
-                   "(default: one per --devices GPU; without GPUs N CPU processes sharing the cores); the dry "
+                   "(default: one per --devices GPU; without GPUs N CPU processes sharing the cores; without "
+                   "--jobs and --devices, one run after the other in this process); the dry "
                    "run prints the wall time at --jobs N")
-    g.add_argument("--devices", metavar="0,1,..", help="GPU indices to run on, one run per GPU (default: all visible)")
+    g.add_argument("--devices", metavar="0,1,..", help="GPU indices to run on, one run per GPU (default with --jobs: "
+                   "all visible)")
     g.add_argument("--launcher", choices=["local", "slurm", "submitit-local"], default="local",
                    help="local processes (default), one SLURM job per run through submitit, or submitit's local "
                    "executor (the SLURM path on this machine)")
@@ -162,7 +164,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("pipeline", help="run named stages, each after the stages it needs (teacher → student, "
                        "baseline → FocusNet, sequential ensembles)", epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("file", help="pipeline YAML: base config and stages (see docs/pipelines.md)")
+    p.add_argument("file", help="pipeline YAML: base config and stages (see docs/pipelines.md), or the name of a "
+                   "packaged recipe (pipeline-digits-glr_cd)")
     p.add_argument("--out", help="pipeline folder (default: runs/pipeline-<file>-<time>); an existing one is "
                    "continued: finished stages are kept, an interrupted one resumed")
     p.add_argument("--seeds", type=_int_in(1, 10_000), default=1,
