@@ -304,3 +304,12 @@ def test_pipeline_help_says_what_the_command_does(capsys):
     text = " ".join(capsys.readouterr().out.split())
     assert "default: runs/pipeline-<file>-<time>" in text and "name of a packaged recipe" in text
     assert "without --jobs and --devices, one run after the other in this process" in text
+
+
+@pytest.mark.parametrize("where", ["after the study", "after the options"])
+def test_study_overrides_count_wherever_they_are_written(tmp_path, capsys, where):
+    study = str(_study(tmp_path, rows=[{"label": "CE", "method": "ce"}], teachers={}, layout={}))
+    opts = ["--out", str(tmp_path / "o"), "--dry-run", "--throughput", "1000", "--no-progress"]
+    args = [study, "train.epochs=0", *opts] if where == "after the study" else [study, *opts, "train.epochs=0"]
+    assert main(["study", *args]) == 2  # never silently dropped
+    assert "train.epochs: expected a value >= 1" in capsys.readouterr().err

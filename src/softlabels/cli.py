@@ -180,7 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("study", nargs="*", metavar="FILE|NAME [KEY=VALUE ...]",
                    help="a study file, or the name of a packaged study (--list shows them), then dotted overrides "
-                   "applied to every run, written right after it: study NAME train.epochs=1 --dry-run")
+                   "applied to every run, written after it or after the options: study NAME train.epochs=1 --dry-run")
     p.add_argument("--data-root", metavar="DIR", help="folder holding the datasets ({data_root} in the study; a column's "
                    "data.root defaults to DIR/<dataset name>)")
     p.add_argument("--seeds", type=int, metavar="N", help="run seeds 0..N-1 (default: the study's seeds)")
@@ -437,7 +437,7 @@ def cmd_study(args) -> int:
     if not args.study or "=" in args.study[0]:
         raise ConfigError("study: give a study file or name first (softlabels study --list)")
     study = load_study(resolve_study(args.study[0]))
-    args.overrides = args.study[1:]
+    args.overrides = args.study[1:] + list(args.overrides or [])  # those after the options land in the second list
     if args.seeds is not None and args.seeds < 1:
         raise ConfigError(f"--seeds: expected >= 1, got {args.seeds}")
     out = Path(args.out) if args.out else Path("runs") / "studies" / (study.name + ("-smoke" if args.smoke else ""))
