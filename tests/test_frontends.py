@@ -313,3 +313,9 @@ def test_study_overrides_count_wherever_they_are_written(tmp_path, capsys, where
     args = [study, "train.epochs=0", *opts] if where == "after the study" else [study, *opts, "train.epochs=0"]
     assert main(["study", *args]) == 2  # never silently dropped
     assert "train.epochs: expected a value >= 1" in capsys.readouterr().err
+
+
+def test_compare_names_the_folder_of_a_combined_method(tmp_path, capsys):
+    assert main(["compare", *SMALL, "--methods", "ols+cutout", "--seeds", "1", "--out", str(tmp_path / "o")]) == 0
+    assert "(ols+cutout in ols_plus_cutout)" in capsys.readouterr().out
+    assert (tmp_path / "o/ols_plus_cutout/seed0/final.json").is_file()

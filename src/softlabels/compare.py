@@ -190,7 +190,9 @@ def run_compare(runs: List[RunConfig], out: Path, *, baseline: Optional[str] = N
         sel = "epoch chosen on validation" if which == "best" else "last epoch"
         print(f"\nTest metrics ({sel}), mean ± std over seeds:\n", file=stream)
         print(text, file=stream)
-        print(f"\nRun directories: {out}/<method>/seed<N>   (table: {out / 'table.md'})", file=stream)
+        plus = next((m for m in (c.method.name for c in runs) if "+" in m), None)
+        where = f" ({plus} in {method_folder(plus)})" if plus else ""
+        print(f"\nRun directories: {out}/<method>/seed<N>{where}   (table: {out / 'table.md'})", file=stream)
         result["table"] = text
     failure = plan_failure(status, "compare")
     if failure is not None:
