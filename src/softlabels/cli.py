@@ -345,6 +345,9 @@ def cmd_compare(args) -> int:
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     if not methods:
         raise ConfigError("--methods: give at least one method")
+    for m in methods:
+        if not all(part.replace("_", "").isalnum() for part in m.split("+")):
+            raise ConfigError(f"--methods: {m!r} is not a method name (softlabels list methods)")
     seeds = _seeds(args)
     runs = plan_runs(methods, seeds, args.config, _shortcut_overrides(args) + args.overrides)
     if args.out:
