@@ -103,6 +103,8 @@ def compare_study(runs: List[RunConfig], *, which: str = "best", teacher_method:
     and give its folder a tag (the overrides' hash)."""
     import hashlib
 
+    from .engine.runs import method_requires
+
     needs = [_needs_teacher(r) for r in runs]
     if max(needs) > 1:
         raise ConfigError("compare supplies one teacher per seed; methods that need more "
@@ -122,7 +124,7 @@ def compare_study(runs: List[RunConfig], *, which: str = "best", teacher_method:
                "weights": method["weights"], "config": data, "teacher_checkpoint": "best"}
         if need:
             tcfg = teacher_config(cfg, teacher_method, teacher_model, teacher_overrides)
-            if _needs_teacher(tcfg):
+            if method_requires(tcfg).teachers:  # (an orthogonal member 1 trains alone)
                 raise ConfigError(f"--teacher {teacher_method}: that method needs a teacher itself; give compare's "
                                   f"teacher a method that trains alone (e.g. ce), or chain them in a pipeline")
             twin = next((c for c, _ in first.values() if c.method.name == teacher_method and c.method.options == {}
