@@ -52,6 +52,10 @@ def test_compare_rejects_unknown_method_before_training(tmp_path, capsys):
     code = main(["compare", "--dataset", "digits", "--methods", "ce,bogus", "--out", str(tmp_path / "c"), *FAST])
     assert code == 2 and "unknown method 'bogus'" in capsys.readouterr().err
     assert not (tmp_path / "c").exists()
+    # a typo that YAML would read as a mapping (ce:) is named as what it is
+    code = main(["compare", "--dataset", "digits", "--methods", "ce:,ls", "--out", str(tmp_path / "c"), *FAST])
+    assert code == 2 and "--methods: 'ce:' is not a method name" in capsys.readouterr().err
+    assert not (tmp_path / "c").exists()
 
 
 def test_train_with_label_noise_records_indices(tmp_path, capsys):

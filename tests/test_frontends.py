@@ -4,6 +4,7 @@ layout are reused, the one ensemble evaluation takes the run lock, --dry-run pla
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -67,6 +68,9 @@ def test_pipeline_jobs_2_matches_jobs_1(tmp_path, capsys):
     p.write_text(yaml.safe_dump(PIPELINE))
     for out, extra in (("seq", []), ("par", ["--jobs", "2"])):
         assert main(["pipeline", str(p), "--out", str(tmp_path / out), "--no-progress", *extra]) == 0
+        printed = capsys.readouterr().out  # the members' errors with 2 decimals, like the others
+        assert re.search(r"ens +mean_softmax \d+\.\d\d, sum_logits \d+\.\d\d, "
+                         r"members_top1_error \[\d+\.\d\d, \d+\.\d\d, \d+\.\d\d\]\n", printed), printed
     seq, par = (json.loads((tmp_path / o / "pipeline.json").read_text()) for o in ("seq", "par"))
     assert seq == par and set(par["seed0"]) == {"teacher", "student", "other", "ens"}
     ens = [json.loads((tmp_path / o / "seed0/ens/ensemble.json").read_text()) for o in ("seq", "par")]
@@ -237,6 +241,8 @@ def test_study_schema_layout_listed_ensembles_external_runs_and_seed_offsets(tmp
     ({"columns": {"a": {}, "b": {}}, "layout": {"runs": "{row}/{seed}"}}, "and {column}"),
     ({"teachers": {"ext": {"run": "x", "checkpoint": "final"}}}, "teachers.ext.checkpoint: expected last, best, ema"),
     ({"rows": [{"label": "E", "ensemble": {"members": ["E"]}}]}, "rows[0].ensemble.members[0]: expected the label"),
+    ({"rows": [{"label": "A", "method": "ce"}, {"label": "E", "ensemble": {"members": ["A"]}}]},
+     "rows[1].ensemble.members: an ensemble needs at least 2 members"),
     ({"rows": [{"label": "A", "method": "ce", "slug": "_a"}]}, "rows[0].slug"),
     ({"rows": [{"label": "A", "method": "ce", "seed_offset": -1}]}, "rows[0].seed_offset"),
 ])
@@ -247,3 +253,69 @@ def test_bad_layout_and_new_row_keys_are_one_line_errors(tmp_path, change, needl
     with pytest.raises(ConfigError) as info:
         load_study(_study(tmp_path, **change))
     assert needle in str(info.value) and "\n" not in str(info.value)
+
+
+def test_compare_refuses_a_teacher_that_needs_a_teacher(tmp_path, capsys):
+    # the kd teacher run would need a teacher itself: refused before anything trains, not after ce
+    for methods in ("ce,glr", "kd"):
+        assert main(["compare", *SMALL, "--methods", methods, "--seeds", "1", "--teacher", "kd",
+                     "--out", str(tmp_path / "o")]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("softlabels: error: --teacher kd: that method needs a teacher itself") and "\n" not in err
+        assert not (tmp_path / "o").exists()
+
+
+def test_compare_without_validation_split_says_it_reports_the_last_epoch(tmp_path, capsys):
+    assert main(["compare", *SMALL, "--methods", "ce", "--seeds", "1", "data.val_fraction=0",
+                 "--out", str(tmp_path / "o")]) == 0
+    out = capsys.readouterr().out
+    assert "Test metrics (last epoch)" in out and "chosen on validation" not in out
+    # the dry run of other settings over that folder names the clash (not "done"), as the run would
+    assert main(["compare", *SMALL, "--methods", "ce", "--seeds", "1", "data.val_fraction=0", "train.epochs=2",
+                 "--out", str(tmp_path / "o"), "--dry-run"]) == 1
+    err = capsys.readouterr().err
+    assert "train.epochs: " in err and "holds a run made with another train.epochs" in err
+
+
+@pytest.mark.parametrize("extra,needle", [
+    (["--teacher-model", "lenet5"], "--teacher-model lenet5: no compared method needs a teacher (ce, ls)"),
+    (["teacher:optim.lr=0.01"], "teacher:optim.lr=0.01: no compared method needs a teacher (ce, ls)"),
+    (["kd:optim.lr=0.01"], "'kd' is not one of the compared methods (ce, ls)"),
+])
+def test_compare_teacher_settings_without_a_teacher_based_method_are_refused(tmp_path, capsys, extra, needle):
+    assert main(["compare", *SMALL, "--methods", "ce,ls", "--seeds", "1", "--out", str(tmp_path / "o"), *extra]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("softlabels: error:") and needle in err and "\n" not in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_study_or_pipeline_file_that_is_not_a_mapping_is_named_as_such(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("- a\n- b\n")
+    for cmd, what in (("study", "study file"), ("pipeline", "pipeline file")):
+        assert main([cmd, str(bad), "--out", str(tmp_path / "o"), "--dry-run"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err == f"softlabels: error: {what} {bad}: expected a mapping at the top level"
+
+
+def test_pipeline_help_says_what_the_command_does(capsys):
+    with pytest.raises(SystemExit):
+        main(["pipeline", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "default: runs/pipeline-<file>-<time>" in text and "name of a packaged recipe" in text
+    assert "without --jobs and --devices, one run after the other in this process" in text
+
+
+@pytest.mark.parametrize("where", ["after the study", "after the options"])
+def test_study_overrides_count_wherever_they_are_written(tmp_path, capsys, where):
+    study = str(_study(tmp_path, rows=[{"label": "CE", "method": "ce"}], teachers={}, layout={}))
+    opts = ["--out", str(tmp_path / "o"), "--dry-run", "--throughput", "1000", "--no-progress"]
+    args = [study, "train.epochs=0", *opts] if where == "after the study" else [study, *opts, "train.epochs=0"]
+    assert main(["study", *args]) == 2  # never silently dropped
+    assert "train.epochs: expected a value >= 1" in capsys.readouterr().err
+
+
+def test_compare_names_the_folder_of_a_combined_method(tmp_path, capsys):
+    assert main(["compare", *SMALL, "--methods", "ols+cutout", "--seeds", "1", "--out", str(tmp_path / "o")]) == 0
+    assert "(ols+cutout in ols_plus_cutout)" in capsys.readouterr().out
+    assert (tmp_path / "o/ols_plus_cutout/seed0/final.json").is_file()

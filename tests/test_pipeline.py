@@ -26,7 +26,11 @@ def test_sequence_expands_with_all_earlier_members_as_teachers():
     ([{"name": "a", "epochs": 3}], "unknown stage key"),
     ([{"name": "a", "sequence": 0}], "sequence: expected an integer >= 1"),
     ([{"name": "e", "ensemble": ["x"]}], "not an earlier stage"),
+    ([{"name": "a"}, {"name": "e", "ensemble": ["a"]}], "an ensemble needs at least 2 members, got 1"),
     ([], "non-empty list"),
+    ([{"name": "a", "teachers": "teacher"}], r"stages\[0\].teachers: expected a list, got 'teacher'"),
+    ([{"name": "a", "overrides": "train.epochs=2"}], r"stages\[0\].overrides: expected a list"),
+    ([{"name": "a", "teacher_checkpoint": "bogus"}], r"stages\[0\].teacher_checkpoint: expected last, best, ema or epochN"),
 ])
 def test_bad_pipelines_are_one_line_config_errors(stages, needle):
     with pytest.raises(ConfigError, match=needle):
@@ -120,3 +124,13 @@ def test_compare_gives_an_orthogonal_member_the_seed_teacher(tmp_path, capsys):
                  "--out", str(out), "--epochs", "1", "--no-progress"]) == 0
     rec = json.loads((out / "orthogonal" / "seed0" / "metrics.jsonl").read_text().splitlines()[0])
     assert "or" in rec["train"]  # taught by the ce run: the orthogonal term is there
+
+
+def test_a_stage_without_the_teachers_its_method_needs_is_refused_before_anything_trains(tmp_path, capsys):
+    p = tmp_path / "p.yaml"
+    p.write_text(yaml.safe_dump({"base": BASE, "stages": [{"name": "c", "config": {"method": {"name": "ce"}}},
+                                                          {"name": "s", "config": {"method": {"name": "kd"}}}]}))
+    assert main(["pipeline", str(p), "--out", str(tmp_path / "o"), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("softlabels: error: p.yaml: stage 's': method kd needs 1 teacher(s), the stage gives 0")
+    assert "\n" not in err and not (tmp_path / "o").exists()

@@ -85,9 +85,11 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
                    help="dry run: training images/s to estimate with (default: measured on this machine)")
     g = p.add_argument_group("parallel and cluster runs (docs/studies.md, 'Many GPUs, SLURM')")
     g.add_argument("--jobs", type=_int_in(1, 4096), metavar="N", help="run up to N runs at once, each in its own process "
-                   "(default: one per --devices GPU; without GPUs N CPU processes sharing the cores); the dry "
+                   "(default: one per --devices GPU; without GPUs N CPU processes sharing the cores; without "
+                   "--jobs and --devices, one run after the other in this process); the dry "
                    "run prints the wall time at --jobs N")
-    g.add_argument("--devices", metavar="0,1,..", help="GPU indices to run on, one run per GPU (default: all visible)")
+    g.add_argument("--devices", metavar="0,1,..", help="GPU indices to run on, one run per GPU (default with --jobs: "
+                   "all visible)")
     g.add_argument("--launcher", choices=["local", "slurm", "submitit-local"], default="local",
                    help="local processes (default), one SLURM job per run through submitit, or submitit's local "
                    "executor (the SLURM path on this machine)")
@@ -162,8 +164,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("pipeline", help="run named stages, each after the stages it needs (teacher → student, "
                        "baseline → FocusNet, sequential ensembles)", epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("file", help="pipeline YAML: base config and stages (see docs/pipelines.md)")
-    p.add_argument("--out", help="pipeline folder (default: RUNS/pipeline-<file>-<time>); an existing one is "
+    p.add_argument("file", help="pipeline YAML: base config and stages (see docs/pipelines.md), or the name of a "
+                   "packaged recipe (pipeline-digits-glr_cd)")
+    p.add_argument("--out", help="pipeline folder (default: runs/pipeline-<file>-<time>); an existing one is "
                    "continued: finished stages are kept, an interrupted one resumed")
     p.add_argument("--seeds", type=_int_in(1, 10_000), default=1,
                    help="run the whole pipeline for seeds 0..N-1 (default 1)")
@@ -177,7 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("study", nargs="*", metavar="FILE|NAME [KEY=VALUE ...]",
                    help="a study file, or the name of a packaged study (--list shows them), then dotted overrides "
-                   "applied to every run, written right after it: study NAME train.epochs=1 --dry-run")
+                   "applied to every run, written after it or after the options: study NAME train.epochs=1 --dry-run")
     p.add_argument("--data-root", metavar="DIR", help="folder holding the datasets ({data_root} in the study; a column's "
                    "data.root defaults to DIR/<dataset name>)")
     p.add_argument("--seeds", type=int, metavar="N", help="run seeds 0..N-1 (default: the study's seeds)")
@@ -342,6 +345,9 @@ def cmd_compare(args) -> int:
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     if not methods:
         raise ConfigError("--methods: give at least one method")
+    for m in methods:
+        if not all(part.replace("_", "").isalnum() for part in m.split("+")):
+            raise ConfigError(f"--methods: {m!r} is not a method name (softlabels list methods)")
     seeds = _seeds(args)
     runs = plan_runs(methods, seeds, args.config, _shortcut_overrides(args) + args.overrides)
     if args.out:
@@ -399,10 +405,17 @@ def cmd_pipeline(args) -> int:
     for seed, stages in summary.items():
         print(f"{seed}:")
         for name, brief in stages.items():
-            figures = ", ".join(f"{k} {v:.2f}" if isinstance(v, float) else f"{k} {v}" for k, v in brief.items())
+            figures = ", ".join(f"{k} {_figure(v)}" for k, v in brief.items())
             print(f"  {name:<16} {figures}")
     print(f"pipeline folder: {out}")
     return 0
+
+
+def _figure(v) -> str:
+    """A pipeline summary's figure: errors with 2 decimals (lists of them too)."""
+    if isinstance(v, list):
+        return "[" + ", ".join(map(_figure, v)) + "]"
+    return f"{v:.2f}" if isinstance(v, float) else str(v)
 
 
 STUDY_EPILOG = """Examples:
@@ -427,7 +440,7 @@ def cmd_study(args) -> int:
     if not args.study or "=" in args.study[0]:
         raise ConfigError("study: give a study file or name first (softlabels study --list)")
     study = load_study(resolve_study(args.study[0]))
-    args.overrides = args.study[1:]
+    args.overrides = args.study[1:] + list(args.overrides or [])  # those after the options land in the second list
     if args.seeds is not None and args.seeds < 1:
         raise ConfigError(f"--seeds: expected >= 1, got {args.seeds}")
     out = Path(args.out) if args.out else Path("runs") / "studies" / (study.name + ("-smoke" if args.smoke else ""))

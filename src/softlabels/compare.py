@@ -105,10 +105,13 @@ def compare_study(runs: List[RunConfig], *, which: str = "best", teacher_method:
 
     from .engine.runs import method_requires
 
-    needs = [max(r.teachers, 1 if r.uses_teachers else 0) for r in map(method_requires, runs)]
+    needs = [_needs_teacher(r) for r in runs]
     if max(needs) > 1:
         raise ConfigError("compare supplies one teacher per seed; methods that need more "
                           "(e.g. long orthogonal ensembles) run through `softlabels pipeline`")
+    if not any(needs) and (teacher_overrides or teacher_model):
+        what = f"--teacher-model {teacher_model}" if teacher_model else f"teacher:{teacher_overrides[0]}"
+        raise ConfigError(f"{what}: no compared method needs a teacher ({', '.join(dict.fromkeys(c.method.name for c in runs))})")
     tag = "-" + hashlib.sha256("\n".join(teacher_overrides).encode()).hexdigest()[:8] if teacher_overrides else ""
     first = {}  # method -> its config at the first seed (seeds differ in train.seed only)
     for cfg, need in zip(runs, needs):
@@ -121,6 +124,9 @@ def compare_study(runs: List[RunConfig], *, which: str = "best", teacher_method:
                "weights": method["weights"], "config": data, "teacher_checkpoint": "best"}
         if need:
             tcfg = teacher_config(cfg, teacher_method, teacher_model, teacher_overrides)
+            if method_requires(tcfg).teachers:  # (an orthogonal member 1 trains alone)
+                raise ConfigError(f"--teacher {teacher_method}: that method needs a teacher itself; give compare's "
+                                  f"teacher a method that trains alone (e.g. ce), or chain them in a pipeline")
             twin = next((c for c, _ in first.values() if c.method.name == teacher_method and c.method.options == {}
                          and _same_run(c, tcfg)), None)
             if twin is not None:
@@ -137,6 +143,14 @@ def compare_study(runs: List[RunConfig], *, which: str = "best", teacher_method:
             "report": which if which == "last" or all(c.data.val_fraction > 0 for c in runs) else "last",
             "columns": {slugify(c0.data.name): {"label": c0.data.name}},
             "teachers": teachers, "rows": rows, "layout": dict(LAYOUT)}
+
+
+def _needs_teacher(cfg: RunConfig) -> int:
+    """How many teacher models a config's method needs (0 for one that trains alone)."""
+    from .engine.runs import method_requires
+
+    r = method_requires(cfg)
+    return max(r.teachers, 1 if r.uses_teachers else 0)
 
 
 def plan_compare(runs: List[RunConfig], out: Path, **teacher_rules):
@@ -170,6 +184,7 @@ def run_compare(runs: List[RunConfig], out: Path, *, baseline: Optional[str] = N
                 if is_done(specs[rid])]
     result = {"run_dirs": [str(d) for d in run_dirs], "table": None, "status": status}
     if run_dirs and _is_main():
+        which = plan.study.report  # "last" when a run has no validation split to choose on (compare_study)
         rows = aggregate(run_dirs, which=which)
         text = format_table(rows, METRICS, baseline=baseline, fmt="text")
         (out / "table.md").write_text(format_table(rows, METRICS, baseline=baseline, fmt="markdown") + "\n")
@@ -177,7 +192,9 @@ def run_compare(runs: List[RunConfig], out: Path, *, baseline: Optional[str] = N
         sel = "epoch chosen on validation" if which == "best" else "last epoch"
         print(f"\nTest metrics ({sel}), mean ± std over seeds:\n", file=stream)
         print(text, file=stream)
-        print(f"\nRun directories: {out}/<method>/seed<N>   (table: {out / 'table.md'})", file=stream)
+        plus = next((m for m in (c.method.name for c in runs) if "+" in m), None)
+        where = f" ({plus} in {method_folder(plus)})" if plus else ""
+        print(f"\nRun directories: {out}/<method>/seed<N>{where}   (table: {out / 'table.md'})", file=stream)
         result["table"] = text
     failure = plan_failure(status, "compare")
     if failure is not None:

@@ -42,7 +42,7 @@ from typing import Any, Dict, List, Optional
 from .config import _deepcopy, _merge, apply_overrides, config_from_dict, load_yaml, validate_registered
 from .engine.runs import load_model_from_run  # noqa: F401  (moved to the run manager; still importable here)
 from .errors import ConfigError
-from .study import SEED_STRIDE, slugify
+from .study import CHECKPOINT_RE, SEED_STRIDE, slugify
 
 STAGE_KEYS = {"name", "config", "overrides", "teachers", "teacher_checkpoint", "sequence", "ensemble",
               "seed_offset"}
@@ -81,11 +81,17 @@ def parse_pipeline(data: dict, where: str = "pipeline") -> tuple:
         name = str(st["name"])
         if not name.replace("_", "").replace("-", "").isalnum():
             raise ConfigError(f"{at}.name: {name!r} must be letters, digits, '-' or '_'")
+        for key in ("overrides", "teachers"):
+            if not isinstance(st.get(key) or [], list):
+                raise ConfigError(f"{at}.{key}: expected a list, got {st[key]!r}")
         common = dict(config=st.get("config") or {}, overrides=list(st.get("overrides") or []),
                       teachers=list(st.get("teachers") or []),
-                      teacher_checkpoint=str(st.get("teacher_checkpoint", "best")))
+                      teacher_checkpoint=st.get("teacher_checkpoint", "best"))
         if not isinstance(common["config"], dict):
             raise ConfigError(f"{at}.config: expected a mapping")
+        if not isinstance(common["teacher_checkpoint"], str) or not CHECKPOINT_RE.fullmatch(common["teacher_checkpoint"]):
+            raise ConfigError(f"{at}.teacher_checkpoint: expected last, best, ema or epochN, "
+                              f"got {common['teacher_checkpoint']!r}")
         offset = st.get("seed_offset", 0)
         if not isinstance(offset, int) or isinstance(offset, bool) or not 0 <= offset < 10**6:
             raise ConfigError(f"{at}.seed_offset: expected an integer in 0..999999, got {offset!r}")
@@ -118,6 +124,8 @@ def parse_pipeline(data: dict, where: str = "pipeline") -> tuple:
         for t in [t for t in (s.ensemble or []) + s.teachers if isinstance(t, str)]:
             if t not in before:
                 raise ConfigError(f"{where}: stage {s.name!r} refers to {t!r}, which is not an earlier stage")
+        if s.ensemble is not None and len(s.ensemble) < 2:
+            raise ConfigError(f"{where}: stage {s.name!r}: an ensemble needs at least 2 members, got {len(s.ensemble)}")
     return base, stages
 
 
@@ -151,12 +159,18 @@ def pipeline_study(path: str, seeds: List[int], extra_overrides: List[str] = ())
     column, and the pipeline folder's layout ``seed<S>/<stage>``. Every stage's config is
     checked here (one ConfigError), and two stages that would train the same run are refused."""
     from .config import resolve_recipe
-    from .engine.runs import teacher_spec
+    from .engine.runs import method_requires, teacher_spec
 
     where = Path(path).name
     base, stages = parse_pipeline(load_yaml(resolve_recipe(path), what="pipeline file"), where=where)
     plans = {s.name: stage_config(base, s, seeds[0], list(extra_overrides)) for s in stages if s.ensemble is None}
     _check_distinct(stages, plans, where)
+    for st in stages:
+        need = method_requires(plans[st.name]).teachers if st.ensemble is None else 0
+        if need > len(st.teachers):
+            raise ConfigError(f"{where}: stage {st.name!r}: method {plans[st.name].method.name} needs {need} teacher(s), "
+                              f"the stage gives {len(st.teachers)} (teachers: [an earlier stage, {{run: DIR}} or "
+                              f"{{weights: FILE, model: NAME}}])")
     names = {s.name for s in stages}
     teachers: Dict[str, dict] = {}
     rows = []

@@ -289,7 +289,7 @@ def load_study(path, data: Optional[dict] = None, name: Optional[str] = None) ->
     it will be written); ``name``: the study's name (default: the file's stem)."""
     path, study_name = Path(path), name or Path(path).stem
     w = _Where(path.name)
-    data = load_yaml(str(path)) if data is None else data
+    data = load_yaml(str(path), what="study file") if data is None else data
     _keys(w, "", data, TOP_KEYS)
     for k in REQUIRED_TOP:
         if k not in data:
@@ -466,6 +466,8 @@ def load_study(path, data: Optional[dict] = None, name: Optional[str] = None) ->
                     else:
                         raise w.err(mat, f"expected the label of another row or {{run: DIR, checkpoint: NAME}}, "
                                     f"got {m!r}")
+                if len(listed) < 2:
+                    raise w.err(f"{at}.ensemble.members", f"an ensemble needs at least 2 members, got {len(listed)}")
                 if sweep is not None:
                     raise w.err(f"{at}.sweep", "an ensemble of listed members cannot be swept")
                 n = len(listed)
@@ -1102,6 +1104,9 @@ def check_plan(plan: Plan, *, throughput: Optional[float] = None, device: Option
             chk.miss(f"{spec.where}: not a finished run (no valid final.json there)")
         if spec.kind != "train":
             continue
+        other = other_run_there(spec)
+        if other:
+            chk.miss(f"{spec.where}: {other}")
         unknown = [f"unknown {reg.kind} {n!r}" for reg, names in
                    ((DATASETS, [cfg.data.name]), (MODELS, [cfg.model.name]), (METHODS, cfg.method.components))
                    for n in names if n not in reg]
@@ -1390,10 +1395,18 @@ def check_run_dirs(plan: Plan) -> None:
     that run (:func:`_config_differs`, as :func:`execute_run` checks), else one ConfigError
     naming the key. compare and pipeline refuse a folder made with other settings up front."""
     for spec in plan.runs:
-        key = _config_differs(spec.run_dir, spec.cfg) if spec.kind == "train" else None
-        if key:
-            raise ConfigError(f"{key}: {spec.run_dir} holds a run made with another {key}; the same folder with "
-                              f"other settings would mix two experiments (give another --out)")
+        problem = other_run_there(spec)
+        if problem:
+            raise ConfigError(problem)
+
+
+def other_run_there(spec: RunSpec) -> Optional[str]:
+    """For a training whose folder holds a run of another config: the message naming the key."""
+    key = _config_differs(spec.run_dir, spec.cfg) if spec.kind == "train" else None
+    if key:
+        return (f"{key}: {spec.run_dir} holds a run made with another {key}; the same folder with "
+                f"other settings would mix two experiments (give another --out)")
+    return None
 
 
 def execute_run(spec: RunSpec, plan: Plan, rt, progress=None) -> Tuple[str, dict]:
