@@ -456,15 +456,18 @@ def test_command_line_overrides_follow_the_study_name(tmp_path, capsys):
     assert "optim.lr: expected a value > 0.0" in capsys.readouterr().err
 
 
-def test_a_row_with_an_unregistered_method_fails_alone(tmp_path, capsys):
+def test_a_row_with_an_unregistered_method_stops_the_study_before_any_run(tmp_path, capsys):
+    """A user mistake in one run's config is one line before anything trains (with or without
+    a launcher), not a failure found after every other run has trained."""
     d = minimal()
     d["rows"][1]["method"] = "telepathy"
     out = tmp_path / "o"
-    assert main(["study", str(write_study(tmp_path, d)), "--out", str(out), "--no-progress"]) == 1
-    err = capsys.readouterr().err
-    assert "LS · d · seed 0: FAILED: s.yaml: rows[1] (LS) × column d: unknown method 'telepathy'" in err
-    status = json.loads((out / "status.json").read_text())
-    assert status["ce/d/seed0"]["status"] == "done" and status["ls/d/seed0"]["status"] == "failed"
+    for extra in ([], ["--jobs", "2"]):
+        assert main(["study", str(write_study(tmp_path, d)), "--out", str(out), "--no-progress", *extra]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err[-1].startswith("softlabels: error: s.yaml: rows[1] (LS) × column d: unknown method 'telepathy'")
+        assert "nothing was run" in err[-1]
+        assert not (out / "ce/d/seed0/final.json").exists()
 
 
 def test_output_metrics_from_the_test_features_and_softmax(tmp_path, capsys):

@@ -1448,12 +1448,29 @@ def execute_run(spec: RunSpec, plan: Plan, rt, progress=None) -> Tuple[str, dict
     return "done", result
 
 
+def check_configs(plan: Plan) -> None:
+    """Every training run's names and options are registered and valid (``validate_registered``);
+    else one ConfigError naming the study file's place, before any run starts. Faults that only
+    show while running (missing data or weights, a crash) stay per run: see :func:`run_plan`."""
+    from .config import validate_registered
+
+    for spec in plan.runs:
+        if spec.kind != "train":
+            continue
+        try:
+            validate_registered(spec.cfg)
+        except ConfigError as exc:
+            raise ConfigError(f"{plan.study.path.name}: {spec.where}: {_short(str(exc))} "
+                              f"(nothing was run; `--dry-run` lists every such problem)") from None
+
+
 def run_plan(plan: Plan, *, device: Optional[str] = None, show_progress: bool = True, stream=None,
              launch=None) -> Dict[str, dict]:
     """Execute the plan's runs in order. Returns ``{run id: {"status": reused | done | failed |
     skipped, "error": text, "seconds": s}}`` (a failed run also has the ``exit_code`` of its
-    error); a failed run (an unregistered name or a bad option in its config, missing data, a
-    fault while training) is reported, its dependents are skipped, the others go on. ``launch``
+    error); a failed run (missing data or weights, a fault while training) is reported, its
+    dependents are skipped, the others go on; an unregistered name or a bad option in any run's
+    config stops the plan before anything runs (:func:`check_configs`). ``launch``
     (a ``launch.LaunchOptions`` asking for parallel or SLURM runs) hands the plan to
     ``launch.launch_plan``: each run in its own process or job. The one runner of study,
     compare and pipeline."""
@@ -1461,6 +1478,7 @@ def run_plan(plan: Plan, *, device: Optional[str] = None, show_progress: bool = 
     from .engine.runtime import setup_runtime
 
     stream = stream or sys.stderr
+    check_configs(plan)  # a user mistake in any run's config stops the study before anything trains
     if launch is not None and launch.parallel:  # launch.LaunchOptions: runs in child processes or jobs
         from .launch import launch_plan
 
