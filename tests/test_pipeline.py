@@ -78,6 +78,18 @@ def test_pipeline_teacher_student_sequence_and_ensemble(tmp_path, capsys):
     stamp = (out / "seed0" / "teacher" / "final.json").stat().st_mtime_ns
     assert main(["pipeline", str(p), "--out", str(out), "--no-progress"]) == 0
     assert (out / "seed0" / "teacher" / "final.json").stat().st_mtime_ns == stamp
+    # `report` on the folder lists the ensemble evaluation beside the trained stages (test split
+    # only: it has no validation numbers), and `eval` does not mistake it for a run to load
+    capsys.readouterr()
+    assert main(["report", str(out), "--which", "best"]) == 0
+    rows = {line.split()[0]: line.split() for line in capsys.readouterr().out.splitlines()[2:] if line.strip()}
+    assert set(rows) >= {"ens", "teacher", "member1", "member2"}
+    assert float(rows["ens"][2]) == pytest.approx(ens["test"]["top1_error"], abs=0.005)
+    assert main(["report", str(out), "--split", "val"]) == 0
+    assert "ens " not in capsys.readouterr().out
+    from softlabels.report.table import find_runs
+    assert out / "seed0" / "ens" not in find_runs([out])
+    assert out / "seed0" / "ens" in find_runs([out], ensembles=True)
 
 
 def test_compare_trains_one_teacher_per_seed_and_reuses_the_ce_run(tmp_path, capsys):

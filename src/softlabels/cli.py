@@ -546,7 +546,7 @@ def cmd_report(args) -> int:
     run_paths, studies = split_study_paths(args.paths)  # a study folder's tables: softlabels study, --html
     for folder, _ in studies:
         print(f"{folder}: a study folder; its tables are {folder}/table.md, .csv, .tex (and the HTML report)")
-    runs = find_runs(run_paths) if run_paths or not studies else []
+    runs = find_runs(run_paths, ensembles=True) if run_paths or not studies else []  # ensemble evaluations too
     labels = None if args.merge or not run_paths else folder_labels(run_paths)
     metrics = ("top1_error", "top5_error", "nll", "ece")
     rows = aggregate(runs, which=args.which, split=args.split, metrics=metrics, labels=labels)

@@ -48,6 +48,7 @@ __all__ = [
 DEFAULT_METRICS = ("top1_error", "top5_error", "nll", "ece")
 REL_ERR_COLUMN = "rel. err. red. (%)"
 FINAL_NAME = "final.json"
+ENSEMBLE_NAME = "ensemble.json"  # an ensemble evaluation's result (study/pipeline): its "test" block
 _WHICH = ("best", "last")
 _DECIMALS = {"nll": 3, "count": 0}  # everything else: 2 decimals
 
@@ -93,7 +94,7 @@ def read_final(path: Union[str, Path]) -> Dict[str, Any]:
     """
     path = Path(path)
     if path.is_dir():
-        path = path / FINAL_NAME
+        path = result_file(path)
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as e:
@@ -120,15 +121,27 @@ def read_final(path: Union[str, Path]) -> Dict[str, Any]:
     return data
 
 
-def find_runs(paths: Iterable[Union[str, Path]]) -> List[Path]:
+def result_file(run_dir: Path) -> Path:
+    """A run directory's result: its ``final.json``, or the ``ensemble.json`` of an ensemble
+    evaluation (a folder with neither gives the ``final.json`` path, for the error)."""
+    final = run_dir / FINAL_NAME
+    if not final.is_file() and (run_dir / ENSEMBLE_NAME).is_file():
+        return run_dir / ENSEMBLE_NAME
+    return final
+
+
+def find_runs(paths: Iterable[Union[str, Path]], ensembles: bool = False) -> List[Path]:
     """Run directories under ``paths``, in the order given.
 
     Each path is a run directory (it holds ``final.json``; a path to a ``final.json`` also
     works) or a folder searched recursively for ``final.json`` files (natural sort order, so
-    ``seed2`` comes before ``seed10``). A run reached twice is listed once. A path that does not
-    exist or holds no run, and a ``final.json`` that is not valid JSON or lacks the ``run`` keys,
-    raise :class:`SoftlabelsError` naming it.
+    ``seed2`` comes before ``seed10``). With ``ensembles``, folders holding the
+    ``ensemble.json`` of a study's or pipeline's ensemble evaluation count too (``report`` lists
+    them; ``eval`` has no model to load there). A run reached twice is listed once. A path that
+    does not exist or holds no run, and a result file that is not valid JSON or lacks the
+    ``run`` keys, raise :class:`SoftlabelsError` naming it.
     """
+    names = (FINAL_NAME, ENSEMBLE_NAME) if ensembles else (FINAL_NAME,)
     found: List[Path] = []
     seen = set()
     for given in paths:
@@ -136,15 +149,17 @@ def find_runs(paths: Iterable[Union[str, Path]]) -> List[Path]:
         if not path.exists():
             raise SoftlabelsError(f"{given}: no such file or directory")
         if path.is_file():
-            if path.name != FINAL_NAME:
+            if path.name not in names:
                 raise SoftlabelsError(
                     f"{given}: not a run directory (expected a folder holding {FINAL_NAME})"
                 )
             files = [path]
-        elif (path / FINAL_NAME).is_file():
-            files = [path / FINAL_NAME]
+        elif any((path / n).is_file() for n in names):
+            files = [result_file(path)]
         else:
-            files = sorted((f for f in path.rglob(FINAL_NAME) if f.is_file()), key=_natural_key)
+            files = sorted((f for n in names for f in path.rglob(n) if f.is_file()
+                            and (n == FINAL_NAME or not (f.parent / FINAL_NAME).is_file())),
+                           key=_natural_key)
         if not files:
             raise SoftlabelsError(f"{given}: no runs found (no {FINAL_NAME} in it or below it)")
         for f in files:
@@ -168,7 +183,7 @@ def folder_labels(paths: Sequence[Union[str, Path]]) -> Dict[str, str]:
     owner: Dict[str, tuple] = {}  # run directory → (index of the first path reaching it, label)
     seen = set()
     for i, given in enumerate(paths):
-        for d in find_runs([given]):
+        for d in find_runs([given], ensembles=True):
             if d.resolve() not in seen:
                 seen.add(d.resolve())
                 owner[str(d)] = (i, _label_of(read_final(d)))
@@ -201,7 +216,7 @@ def _mean_std(values: Sequence[float]):
 def _metric_value(data: Dict[str, Any], file: Path, which: str, split: str, metric: str) -> float:
     node: Any = data
     trail = []
-    for key in (which, split, metric):
+    for key in (which, split, metric) if which is not None else (split, metric):
         trail.append(key)
         if not isinstance(node, dict) or key not in node:
             raise SoftlabelsError(f"{file}: missing key '{'.'.join(trail)}'")
@@ -241,12 +256,17 @@ def aggregate(
     groups: Dict[str, Dict[str, Any]] = {}
     for run_dir in run_dirs:
         run_dir = Path(run_dir)
-        file = run_dir if run_dir.name == FINAL_NAME and run_dir.is_file() else run_dir / FINAL_NAME
+        file = run_dir if run_dir.name in (FINAL_NAME, ENSEMBLE_NAME) and run_dir.is_file() else result_file(run_dir)
         data = read_final(file)
         run = data["run"]
         label = (labels or {}).get(str(file.parent), _label_of(data))
         collapsed = bool(data.get("collapsed"))
-        values = {} if collapsed else {m: _metric_value(data, file, which, split, m) for m in metrics}
+        if file.name == ENSEMBLE_NAME:  # evaluated on the test split only, from its members' checkpoints
+            if split not in data:
+                continue  # no row for a split the ensemble was not evaluated on
+            values = {m: _metric_value(data, file, None, split, m) for m in metrics}
+        else:
+            values = {} if collapsed else {m: _metric_value(data, file, which, split, m) for m in metrics}
         g = groups.get(label)
         if g is None:
             g = groups[label] = {
