@@ -379,7 +379,8 @@ class SubmititBackend:
         return f"submitit {self.cluster} executor, one job per run ({cap}), jobs in {self.folder}"
 
     def check(self, specs) -> None:
-        pass
+        """Nothing to check here: a job's GPUs, memory and time are SLURM's to grant or refuse
+        (LocalBackend.check refuses a run needing more GPUs than the machine has)."""
 
     def _record(self, run_id: str, job_id: Optional[str]) -> None:
         from .engine.checkpoint import atomic_write_text

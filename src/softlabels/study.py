@@ -552,10 +552,11 @@ def _check_paper(w, where, paper, columns, metrics, sweep, ens) -> Dict[str, Any
         at = f"{where}.{col}"
         if str(col) not in columns:
             raise w.err(at, f"not a column (columns: {', '.join(columns)})")
-        lines: Dict[str, Any] = {}
+        lines: Dict[str, Any] = {}   # stays empty for a null cell: no published number
         if v is None:
-            pass
-        elif sweep is not None:
+            out[str(col)] = lines
+            continue
+        if sweep is not None:
             v = _mapping(w, at, v)
             for val, x in v.items():
                 match = [s for s in sweep[1] if _same_value(s, val)]
@@ -1413,7 +1414,6 @@ def execute_run(spec: RunSpec, plan: Plan, rt, progress=None) -> Tuple[str, dict
     """Run one spec whose dependencies have finished: ("reused" | "done", its result). A result
     file that is torn is set aside and the run redone; a run directory holding a run of another
     config is refused (CheckpointError). An ``external`` run is only read: it must have finished."""
-    from .config import validate_registered
     from .engine.runs import train_or_reuse
     from .errors import CheckpointError
 
@@ -1429,10 +1429,7 @@ def execute_run(spec: RunSpec, plan: Plan, rt, progress=None) -> Tuple[str, dict
 
         _say(f"{res_path}: torn; set aside, {spec.what} is redone (a training from its last checkpoint)")
     if spec.kind == "train":
-        try:
-            validate_registered(spec.cfg)
-        except ConfigError as exc:
-            raise ConfigError(f"{plan.study.path.name}: {spec.where}: {_short(str(exc))}") from None
+        check_config(spec, plan)
         differs = _config_differs(spec.run_dir, spec.cfg)
         if differs:
             raise CheckpointError(f"{spec.run_dir} holds a run of another config ({differs} differs); "
@@ -1448,20 +1445,24 @@ def execute_run(spec: RunSpec, plan: Plan, rt, progress=None) -> Tuple[str, dict
     return "done", result
 
 
-def check_configs(plan: Plan) -> None:
-    """Every training run's names and options are registered and valid (``validate_registered``);
-    else one ConfigError naming the study file's place, before any run starts. Faults that only
-    show while running (missing data or weights, a crash) stay per run: see :func:`run_plan`."""
+def check_config(spec: RunSpec, plan: Plan, suffix: str = "") -> None:
+    """A training run's names and options are registered and valid (``validate_registered``);
+    else one ConfigError naming the study file's place (and ``suffix``)."""
     from .config import validate_registered
 
+    try:
+        validate_registered(spec.cfg)
+    except ConfigError as exc:
+        raise ConfigError(f"{plan.study.path.name}: {spec.where}: {_short(str(exc))}{suffix}") from None
+
+
+def check_configs(plan: Plan) -> None:
+    """:func:`check_config` for every training run of the plan, before any run starts. Faults
+    that only show while running (missing data or weights, a crash) stay per run: see
+    :func:`run_plan`."""
     for spec in plan.runs:
-        if spec.kind != "train":
-            continue
-        try:
-            validate_registered(spec.cfg)
-        except ConfigError as exc:
-            raise ConfigError(f"{plan.study.path.name}: {spec.where}: {_short(str(exc))} "
-                              f"(nothing was run; `--dry-run` lists every such problem)") from None
+        if spec.kind == "train":
+            check_config(spec, plan, " (nothing was run; `--dry-run` lists every such problem)")
 
 
 def run_plan(plan: Plan, *, device: Optional[str] = None, show_progress: bool = True, stream=None,
