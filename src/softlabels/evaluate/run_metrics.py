@@ -28,7 +28,6 @@ checkpoint computes again, an unchanged one is read. Writes are atomic.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import re
@@ -192,11 +191,9 @@ def file_id(path: Path) -> str:
     st = path.stat()
     memo = (str(path.resolve()), st.st_size, st.st_mtime_ns)
     if memo not in _SHA:
-        h = hashlib.sha256()
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
-        _SHA[memo] = h.hexdigest()[:16]
+        from ..engine.runs import file_sha256
+
+        _SHA[memo] = file_sha256(path)[:16]
     return f"{_SHA[memo]}:{st.st_size}"
 
 
