@@ -454,8 +454,7 @@ def run_methods_part(model: str = "resnet8", batch_size: int = 64, image_size: i
             f"model.name={model}", f"method.name={m}", "schedule.name=constant", "train.epochs=1",
             f"train.device={device}"])
         try:
-            req = method_requires(cfg)
-            k = max(req.teachers, 1 if req.uses_teachers else 0)
+            k = method_requires(cfg).teacher_models
             teachers = [build_model(model, 10, 3, cfg.model.options, None) for _ in range(k)]
             t = Trainer(cfg, None, dataset=ds, teachers=teachers)
             batch = next(iter(t.train_loader))

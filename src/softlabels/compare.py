@@ -105,7 +105,7 @@ def compare_study(runs: List[RunConfig], *, which: str = "best", teacher_method:
 
     from .engine.runs import method_requires
 
-    needs = [_needs_teacher(r) for r in runs]
+    needs = [method_requires(r).teacher_models for r in runs]
     if max(needs) > 1:
         raise ConfigError("compare supplies one teacher per seed; methods that need more "
                           "(e.g. long orthogonal ensembles) run through `softlabels pipeline`")
@@ -143,14 +143,6 @@ def compare_study(runs: List[RunConfig], *, which: str = "best", teacher_method:
             "report": which if which == "last" or all(c.data.val_fraction > 0 for c in runs) else "last",
             "columns": {slugify(c0.data.name): {"label": c0.data.name}},
             "teachers": teachers, "rows": rows, "layout": dict(LAYOUT)}
-
-
-def _needs_teacher(cfg: RunConfig) -> int:
-    """How many teacher models a config's method needs (0 for one that trains alone)."""
-    from .engine.runs import method_requires
-
-    r = method_requires(cfg)
-    return max(r.teachers, 1 if r.uses_teachers else 0)
 
 
 def plan_compare(runs: List[RunConfig], out: Path, **teacher_rules):

@@ -63,6 +63,13 @@ class Requires:
     def has_teachers(self) -> bool:
         return self.teachers > 0 or self.uses_teachers
 
+    @property
+    def teacher_models(self) -> int:
+        """How many teacher models to give a run of the method: ``teachers`` (it cannot train
+        without them), or 1 for a method that only uses teachers when given (an orthogonal
+        member 1 trains alone)."""
+        return max(self.teachers, 1 if self.uses_teachers else 0)
+
     def merge(self, other: "Requires") -> "Requires":
         if self.pairs and other.pairs and self.pairs_include_self != other.pairs_include_self:
             raise ConfigError("method.name: the combined methods need different class-pair samplers")
