@@ -90,6 +90,12 @@ def test_pipeline_teacher_student_sequence_and_ensemble(tmp_path, capsys):
     from softlabels.report.table import find_runs
     assert out / "seed0" / "ens" not in find_runs([out])
     assert out / "seed0" / "ens" in find_runs([out], ensembles=True)
+    # a torn ensemble.json: one line naming it and a non-zero exit, never a traceback
+    (out / "seed0" / "ens" / "ensemble.json").write_text('{"run": {"label"')
+    capsys.readouterr()
+    assert main(["report", str(out)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "ensemble.json: not valid JSON" in err[0] and "Traceback" not in err[0]
 
 
 def test_compare_trains_one_teacher_per_seed_and_reuses_the_ce_run(tmp_path, capsys):
